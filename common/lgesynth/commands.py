@@ -1,0 +1,78 @@
+"""Implementations of the ``lgesynth`` CLI commands (see ``cli.py``).
+
+Each command prints what it wrote and returns nothing (fire would echo a return value), except
+where a value is the answer (``check-data`` exits non-zero when it finds problems).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def phantom(out: str = "runs/phantom", subjects: int = 20, seed: int = 0, test_fraction: float = 0.2) -> None:
+    """Write a procedural LGE phantom cohort: NIfTI pairs, datalist.json and montage.png.
+
+    Args:
+        out: output folder (created).
+        subjects: number of subjects.
+        seed: random seed; same seed, same bytes.
+        test_fraction: fraction held out as the "test" section (stratified by scar / no scar).
+    """
+    from lgesynth.data.phantom import make_phantom_cohort
+
+    datalist = make_phantom_cohort(out, subjects=int(subjects), seed=int(seed), test_fraction=float(test_fraction))
+    print(f"wrote {subjects} phantom subjects: {datalist} (montage: {Path(datalist).parent / 'montage.png'})")
+
+
+def import_emidec(src: str, out: str, test_fraction: float = 0.2, seed: int = 0) -> None:
+    """Import an EMIDEC-layout folder (Case_X/Images, Case_X/Contours) into our layout + datalist."""
+    from lgesynth.data.importers import import_emidec as _import
+
+    datalist = _import(src, out, test_fraction=float(test_fraction), seed=int(seed))
+    print(f"imported EMIDEC cases from {src}: {datalist}")
+
+
+def import_masks(images: str, myocardium: str, scar: str, out: str, test_fraction: float = 0.2, seed: int = 0) -> None:
+    """Import images with separate myocardium and scar mask files (matched by file name)."""
+    from lgesynth.data.importers import import_masks as _import
+
+    datalist = _import(images, myocardium, scar, out, test_fraction=float(test_fraction), seed=int(seed))
+    print(f"imported image/mask cases: {datalist}")
+
+
+def check_data(datalist: str) -> None:
+    """Validate every image/label pair of a datalist; print all problems; exit 1 when any."""
+    from lgesynth.data.validate import check_datalist
+
+    problems = check_datalist(datalist)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"check-data: {len(problems)} problem(s) in {datalist}", file=sys.stderr)
+        sys.exit(1)
+    print(f"check-data: {datalist}: all pairs OK")
+
+
+def stats(*datalists: str, out: str | None = None) -> None:
+    """Dataset fingerprint (spacing, shape, slices, myocardial volume, scar burden, contrasts).
+
+    Prints a table (side by side when given several datalists) and writes JSON: ``--out PATH`` for
+    one datalist, else ``fingerprint.json`` beside each datalist.
+    """
+    from lgesynth.data.fingerprint import compare_table, fingerprint, fingerprint_table, write_fingerprint
+
+    if not datalists:
+        raise SystemExit("lgesynth stats: give at least one datalist.json")
+    prints = []
+    for i, datalist in enumerate(datalists):
+        fp = fingerprint(datalist)
+        target = Path(out) if (out and len(datalists) == 1) else Path(datalist).parent / "fingerprint.json"
+        write_fingerprint(target, fp)
+        print(f"fingerprint of {datalist} -> {target}")
+        prints.append(fp)
+    if len(prints) == 1:
+        print(fingerprint_table(prints[0]))
+    else:
+        names = [Path(d).parent.name or str(d) for d in datalists]
+        print(compare_table(prints[0], prints[1], names[:2]) if len(prints) == 2 else "\n".join(fingerprint_table(p) for p in prints))
