@@ -1,0 +1,122 @@
+"""Shared test data: a tiny synthetic LGE stack with a ring-shaped myocardium and a scar sector.
+
+Plain functions (importable as ``from conftest import synthetic_lge, write_lge_pair, write_tiny_datalist``)
+and fixtures built on them:
+
+- ``synthetic_lge(...) -> (image, label, affine)``: arrays in memory, fully determined by the
+  arguments (seeded noise), with known region intensities so tests can assert exact numbers.
+- ``write_lge_pair(folder, case_id, ...) -> (image_path, label_path)``: writes
+  ``folder/imagesTr/<id>.nii.gz`` and ``folder/labelsTr/<id>.nii.gz``.
+- ``write_tiny_datalist(folder, n_cases=4, ...) -> datalist path``: ``n_cases`` pairs, every other
+  one without scar, last case in ``"test"``, the rest in ``"training"``.
+- fixtures ``lge_pair`` (one pair under ``tmp_path``) and ``tiny_datalist`` (4 cases under
+  ``tmp_path / "tiny"``).
+
+Geometry (defaults): 32 x 32 x 6 voxels at 1.5 x 1.5 x 8 mm, the slice axis last. Slices 1..4 hold
+an LV ring (myocardium between radii ``RING_INNER_MM`` and ``RING_OUTER_MM`` around the in-plane
+centre); slices 0 and 5 are above the base / below the apex and have no myocardium. Scar is the
+sector of the ring between 0 and ``scar_degrees`` (angle from axis 0 towards axis 1) on slices
+2..3. In general: ring on all slices but the first and last, scar on all but two at each end.
+With the defaults: 512 myocardium voxels of which 64 scar (burden 12.5 %).
+Intensities before noise (``INTENSITY``): background 100, LV blood pool (inside the ring) 600,
+healthy (nulled) myocardium 150, scar 900.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lgesynth.data.datalist import write_datalist
+from lgesynth.data.labels import MYOCARDIUM, SCAR
+from lgesynth.io import save_nifti
+
+SHAPE = (32, 32, 6)
+SPACING_MM = (1.5, 1.5, 8.0)
+RING_INNER_MM = 7.5
+RING_OUTER_MM = 12.0
+INTENSITY = {"background": 100.0, "blood": 600.0, "myocardium": 150.0, "scar": 900.0}
+
+
+def synthetic_lge(shape: tuple[int, int, int] = SHAPE, spacing_mm: tuple[float, float, float] = SPACING_MM,
+                  scar_degrees: float = 90.0, noise: float = 20.0, seed: int = 0,
+                  origin_mm: tuple[float, float, float] = (-24.0, -24.0, -20.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A short-axis LGE stack with its label.
+
+    Args:
+        shape: (x, y, z) voxels; z is the slice axis. The ring is on every slice but the first and last,
+            the scar on every slice but the first two and last two (at least 5 slices for some scar).
+        spacing_mm: voxel size.
+        scar_degrees: angular width of the scar sector; 0 gives a case without scar.
+        noise: standard deviation of the added Gaussian noise (0 for exact region intensities).
+        seed: noise seed.
+    Returns:
+        ``image`` (x, y, z) float32, ``label`` (x, y, z) uint8 in {0, 1, 2}, ``affine`` (4, 4), diagonal.
+    """
+    nx, ny, nz = shape
+    sx, sy, sz = spacing_mm
+    x = (np.arange(nx) - (nx - 1) / 2) * sx
+    y = (np.arange(ny) - (ny - 1) / 2) * sy
+    r = np.hypot(x[:, None], y[None, :])  # (x, y) mm from the LV centre
+    angle = np.degrees(np.arctan2(y[None, :], x[:, None])) % 360.0
+    ring_2d = (r >= RING_INNER_MM) & (r <= RING_OUTER_MM)
+    ring_slices, scar_slices = range(1, nz - 1), range(2, nz - 2)
+
+    label = np.zeros(shape, dtype=np.uint8)
+    image = np.full(shape, INTENSITY["background"], dtype=np.float32)
+    for k in ring_slices:
+        label[..., k][ring_2d] = MYOCARDIUM
+        image[..., k][r < RING_INNER_MM] = INTENSITY["blood"]
+        image[..., k][ring_2d] = INTENSITY["myocardium"]
+    if scar_degrees > 0:
+        sector = ring_2d & (angle < scar_degrees)
+        for k in scar_slices:
+            label[..., k][sector] = SCAR
+            image[..., k][sector] = INTENSITY["scar"]
+    if noise:
+        image += np.random.default_rng(seed).normal(0.0, noise, size=shape).astype(np.float32)
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = origin_mm
+    return image, label, affine
+
+
+def write_lge_pair(folder: str | Path, case_id: str = "p001", **kwargs) -> tuple[Path, Path]:
+    """Write ``folder/imagesTr/<case_id>.nii.gz`` (float32) and ``folder/labelsTr/<case_id>.nii.gz`` (uint8).
+
+    ``kwargs`` go to :func:`synthetic_lge`.
+    """
+    image, label, affine = synthetic_lge(**kwargs)
+    folder = Path(folder)
+    image_path = save_nifti(folder / "imagesTr" / f"{case_id}.nii.gz", image, affine, dtype=np.float32)
+    label_path = save_nifti(folder / "labelsTr" / f"{case_id}.nii.gz", label, affine, dtype=np.uint8)
+    return image_path, label_path
+
+
+def write_tiny_datalist(folder: str | Path, n_cases: int = 4, **kwargs) -> Path:
+    """``n_cases`` pairs (ids ``p001``...; even indices with a scar, odd ones without) and ``folder/datalist.json``.
+
+    The last case goes to ``"test"``, the others to ``"training"``; entries carry ``"scar": bool``.
+    ``kwargs`` go to :func:`synthetic_lge` (``scar_degrees`` is set per case).
+    """
+    folder = Path(folder)
+    entries = []
+    for i in range(n_cases):
+        has_scar = i % 2 == 0
+        scar_degrees = kwargs.get("scar_degrees", 90.0) if has_scar else 0.0
+        image_path, label_path = write_lge_pair(folder, f"p{i + 1:03d}", **{"seed": i, **kwargs, "scar_degrees": scar_degrees})
+        entries.append({"id": f"p{i + 1:03d}", "image": str(image_path), "label": str(label_path), "scar": has_scar})
+    return write_datalist(folder / "datalist.json", entries[:-1], entries[-1:])
+
+
+@pytest.fixture
+def lge_pair(tmp_path) -> tuple[Path, Path]:
+    """One synthetic image/label pair (defaults of :func:`synthetic_lge`) under ``tmp_path``."""
+    return write_lge_pair(tmp_path)
+
+
+@pytest.fixture
+def tiny_datalist(tmp_path) -> Path:
+    """A 4-case datalist (3 training, 1 test; p001 and p003 with scar) under ``tmp_path / "tiny"``."""
+    return write_tiny_datalist(tmp_path / "tiny")
