@@ -25,19 +25,28 @@ def phantom(out: str = "runs/phantom", subjects: int = 20, seed: int = 0, test_f
     print(f"wrote {subjects} phantom subjects: {datalist} (montage: {Path(datalist).parent / 'montage.png'})")
 
 
-def import_emidec(src: str, out: str, test_fraction: float = 0.2, seed: int = 0) -> None:
-    """Import an EMIDEC-layout folder (Case_X/Images, Case_X/Contours) into our layout + datalist."""
+def import_emidec(src: str, out: str, test_fraction: float = 0.2, seed: int = 0, skip_bad: bool = False) -> None:
+    """Import an EMIDEC-layout folder (Case_X/Images, Case_X/Contours) into our layout + datalist.
+
+    Labels map EMIDEC's 1 cavity, 2 myocardium, 3 infarct, 4 no-reflow to ours: myocardium {2,3,4},
+    scar {3,4}. Bad cases stop the import (all listed); ``--skip_bad`` leaves them out instead.
+    """
     from lgesynth.data.importers import import_emidec as _import
 
-    datalist = _import(src, out, test_fraction=float(test_fraction), seed=int(seed))
+    datalist = _import(src, out, test_fraction=float(test_fraction), seed=int(seed), skip_bad=bool(skip_bad))
     print(f"imported EMIDEC cases from {src}: {datalist}")
 
 
-def import_masks(images: str, myocardium: str, scar: str, out: str, test_fraction: float = 0.2, seed: int = 0) -> None:
-    """Import images with separate myocardium and scar mask files (matched by file name)."""
+def import_masks(images: str, myocardium: str, scar: str, out: str, test_fraction: float = 0.2, seed: int = 0,
+                 skip_bad: bool = False, clip_scar: bool = False) -> None:
+    """Import images with separate myocardium and scar mask files (folders or ``*`` globs, matched by id).
+
+    Scar outside the myocardium is an error unless ``--clip_scar`` (then dropped with a warning).
+    """
     from lgesynth.data.importers import import_masks as _import
 
-    datalist = _import(images, myocardium, scar, out, test_fraction=float(test_fraction), seed=int(seed))
+    datalist = _import(images, myocardium, scar, out, test_fraction=float(test_fraction), seed=int(seed),
+                       skip_bad=bool(skip_bad), clip_scar=bool(clip_scar))
     print(f"imported image/mask cases: {datalist}")
 
 
