@@ -34,12 +34,14 @@ def test_case_fingerprint_measures_the_phantom_exactly():
     assert fp["myocardium_ml"] == pytest.approx((label > 0).sum() * VOXEL_ML)
     assert fp["scar_burden"] == pytest.approx(64 / 512)
     assert fp["blood_pool_ml"] == pytest.approx(_cavity().sum() * VOXEL_ML)
-    p99 = np.percentile(image, 99)
-    assert fp["normaliser"] == pytest.approx(p99)
-    assert fp["intensity"]["remote"]["p50"] == pytest.approx(INTENSITY["myocardium"] / p99)
-    assert fp["intensity"]["blood_pool"]["p5"] == pytest.approx(INTENSITY["blood"] / p99)
-    assert fp["contrast"]["scar_remote"] == pytest.approx(INTENSITY["scar"] / INTENSITY["myocardium"])
-    assert fp["contrast"]["blood_remote"] == pytest.approx(INTENSITY["blood"] / INTENSITY["myocardium"])
+    p1, p99 = np.percentile(image[image != 0], [1, 99])
+    assert fp["normaliser"] == pytest.approx([p1, p99])
+    scaled = {k: (v - p1) / (p99 - p1) for k, v in INTENSITY.items()}
+    assert fp["intensity"]["remote"]["p50"] == pytest.approx(scaled["myocardium"])
+    assert fp["intensity"]["blood_pool"]["p5"] == pytest.approx(scaled["blood"])
+    # offset-free contrasts: the background level (p1) is subtracted before the ratio
+    assert fp["contrast"]["scar_remote"] == pytest.approx(scaled["scar"] / scaled["myocardium"])
+    assert fp["contrast"]["blood_remote"] == pytest.approx(scaled["blood"] / scaled["myocardium"])
 
 
 def test_no_scar_case_has_no_scar_numbers():

@@ -7,9 +7,11 @@ blood/remote (ratios of the regions' medians).
 
 Definitions:
 
-- **Intensity normalisation**: each volume is divided by its own 99th percentile over all voxels
-  (``NORMALISATION_PERCENTILE``), so the numbers compare across scanners and scalings; the contrast
-  ratios do not depend on it.
+- **Intensity normalisation**: each volume is mapped by ``(x - p1) / (p99 - p1)`` with its own 1st
+  and 99th percentiles over non-zero voxels (``NORMALISATION_PERCENTILES``), so the numbers compare
+  across scanners and scalings. Subtracting the low percentile matters: 8-bit re-distributions
+  (like the EMIDEC copy used for development) carry an offset (air at ~40 % of p99) that would
+  squash every contrast ratio towards 1; the canonical grid's robust scaling does the same.
 - **Blood pool**: our labels have no cavity, so it is derived per slice: the myocardium with its
   holes filled (``scipy.ndimage.binary_fill_holes``) minus the myocardium = the LV cavity. Slices
   whose ring is open (e.g. at the base) contribute nothing.
@@ -35,7 +37,7 @@ from lgesynth.data.validate import slice_axis
 from lgesynth.errors import DataError
 from lgesynth.io import load_nifti, spacing_from_affine, write_json
 
-NORMALISATION_PERCENTILE = 99.0
+NORMALISATION_PERCENTILES = (1.0, 99.0)
 INTENSITY_PERCENTILES = (5, 50, 95)
 BORDER_ZONE_MM = 3.0
 REGIONS = ("blood_pool", "remote", "scar")
@@ -121,17 +123,19 @@ def case_fingerprint(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -
     }
     if not n_myo:
         return fp
-    normaliser = float(np.percentile(image, NORMALISATION_PERCENTILE))
-    fp["normaliser"] = normaliser
+    values = image[image != 0] if np.any(image != 0) else image.ravel()
+    low, high = (float(v) for v in np.percentile(values, NORMALISATION_PERCENTILES))
+    normaliser = high - low
+    fp["normaliser"] = [low, high]
     if not normaliser > 0:
-        return fp  # a constant or non-positive image: no meaningful intensities
+        return fp  # a constant image: no meaningful intensities
     box = _bbox(myocardium)
     label, image = label[box], image[box]
     regions = {"blood_pool": blood_pool_mask(myocardium[box], axis), "remote": remote_mask(label, spacing, axis),
                "scar": label == SCAR}
     fp["blood_pool_ml"] = int(regions["blood_pool"].sum()) * voxel_ml
     for region, mask in regions.items():
-        fp["intensity"][region] = _percentiles(image[mask].astype(np.float64) / normaliser)
+        fp["intensity"][region] = _percentiles((image[mask].astype(np.float64) - low) / normaliser)
     median = {r: (v or {}).get("p50") for r, v in fp["intensity"].items()}
     if median["remote"]:
         for key, region in (("scar_remote", "scar"), ("blood_remote", "blood_pool")):
@@ -202,7 +206,7 @@ def fingerprint(datalist: str | Path, sections: tuple[str, ...] | str | None = N
     return {
         "datalist": str(Path(datalist).resolve()),
         "sections": sorted({c["section"] for c in cases}),
-        "intensity_normalisation": f"each volume divided by its own {NORMALISATION_PERCENTILE:g}th percentile (all voxels)",
+        "intensity_normalisation": "each volume mapped by (x - p%g) / (p%g - p%g), percentiles over non-zero voxels" % (NORMALISATION_PERCENTILES[0], NORMALISATION_PERCENTILES[1], NORMALISATION_PERCENTILES[0]),
         "regions": {"blood_pool": "per slice: myocardium with holes filled minus myocardium (LV cavity)",
                     "remote": f"healthy myocardium (1) further than {BORDER_ZONE_MM:g} mm in plane from scar",
                     "scar": "label 2"},
