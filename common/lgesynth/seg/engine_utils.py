@@ -1,0 +1,180 @@
+"""Small pieces the scar_seg configs wire into MONAI's engines where MONAI has no ready one.
+
+- :class:`DeepSupervisionHeads`: DynUNet stacks its deep-supervision outputs in training,
+  ``(batch, 1 + heads, classes, *spatial)``; MONAI's ``DeepSupervisionLoss`` wants them as a list.
+- :class:`StructureMasksd` and :func:`structure_output`: Dice on our structures (DESIGN.md, data
+  contract), myocardium = label in {1, 2} and scar = label 2, rather than on the classes 1 and 2.
+- :func:`plan_inferer`: sliding-window inference with the plan's patch: MONAI's
+  ``SlidingWindowInferer`` for 3D plans, ``SliceInferer`` (the same windows, slice by slice along the
+  last axis) for 2D plans.
+- :func:`latest_checkpoint`, :class:`ResumeCheckpointLoader`, :class:`TrainerCheckpointSaver`: resume a
+  killed run from the newest ``checkpoint_epoch=N.pt``. The trainer's own state (epoch, iteration)
+  must be in the checkpoint, but a config cannot reference ``train#trainer`` from its own handler
+  list (a cycle), so these two add the engine they are attached to as ``"trainer"``.
+- :class:`TrainLog`: per epoch, loss, learning rate, wall time and seconds per iteration (validation
+  excluded) and the validator's metrics, to ``train_log.json``, rewritten atomically each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.transforms import MapTransform
+
+from lgesynth.data.labels import MYOCARDIUM, SCAR
+from lgesynth.io import write_json
+
+STRUCTURES = ("myo", "scar")
+CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+class DeepSupervisionHeads(torch.nn.Module):
+    """Unstack DynUNet's training output before a ``DeepSupervisionLoss``.
+
+    ``pred``: (batch, 1 + heads, classes, *spatial), every head already upsampled to full size by
+    DynUNet, or (batch, classes, *spatial) (eval mode); ``target``: (batch, 1, *spatial).
+    """
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.dim() == target.dim() + 1:
+            pred = list(torch.unbind(pred, dim=1))
+        return self.loss(pred, target)
+
+
+class StructureMasksd(MapTransform):
+    """Label map (1, *spatial) or one-hot (3, *spatial) -> (2, *spatial) float: [myocardium, scar]."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            label = x.argmax(0, keepdim=True) if x.shape[0] > 1 else x
+            d[key] = torch.cat([(label == MYOCARDIUM) | (label == SCAR), label == SCAR], dim=0).float()
+        return d
+
+
+def structure_output(index: int):
+    """Ignite ``output_transform`` that keeps channel ``index`` (0 myocardium, 1 scar) of the
+    decollated ``pred`` and ``label`` (after :class:`StructureMasksd`), for a per-structure Dice."""
+
+    def select(output):
+        return [o["pred"][index : index + 1] for o in output], [o["label"][index : index + 1] for o in output]
+
+    return select
+
+
+def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4):
+    """Sliding-window inferer over the plan's patch (``plan`` in the slice-last frame)."""
+    from monai.inferers import SliceInferer, SlidingWindowInferer
+
+    roi = list(plan["patch_size"])
+    if plan["network"]["spatial_dims"] == 2:
+        return SliceInferer(spatial_dim=2, roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
+    return SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
+
+
+def latest_checkpoint(folder: str | Path) -> str:
+    """Path of the newest ``checkpoint_epoch=N.pt`` in ``folder``; ``""`` when there is none."""
+    folder = Path(folder)
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
+    return str(max(found)[1]) if found else ""
+
+
+class TrainerCheckpointSaver(CheckpointSaver):
+    """MONAI ``CheckpointSaver`` that also saves the engine it is attached to, as ``"trainer"``, and
+    after each interval checkpoint deletes older ``checkpoint_epoch=N.pt`` (ignite's ``n_saved`` only
+    knows the files of its own process, not those of the run it resumed)."""
+
+    def attach(self, engine) -> None:
+        self.save_dict["trainer"] = engine  # the Checkpoint objects hold this same dict
+        super().attach(engine)
+
+    def interval_completed(self, engine) -> None:
+        super().interval_completed(engine)
+        newest = latest_checkpoint(self.save_dir)
+        for path in Path(self.save_dir).glob("checkpoint_epoch=*.pt"):
+            if str(path) != newest and CHECKPOINT_PATTERN.search(path.name):
+                path.unlink(missing_ok=True)
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` that, when the engine starts, loads the newest
+    ``checkpoint_epoch=N.pt`` in ``folder`` into ``load_dict`` plus the engine (``"trainer"``), so the
+    run continues at that epoch and iteration; without one it starts from scratch."""
+
+    def __init__(self, folder: str | Path, load_dict: dict, map_location=None, name: str | None = None):
+        super().__init__(load_path=str(folder), load_dict=dict(load_dict), name=name, map_location=map_location)
+        self.folder = Path(folder)
+
+    def attach(self, engine) -> None:
+        self.load_dict["trainer"] = engine
+        super().attach(engine)
+
+    def __call__(self, engine) -> None:
+        self.load_path = latest_checkpoint(self.folder)
+        if not self.load_path:
+            self.logger.info(f"no checkpoint_epoch=N.pt in {self.folder}: training from scratch")
+            return
+        super().__call__(engine)
+        self.logger.info(f"resumed at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+
+
+def every(n: int):
+    """Ignite event filter: true every ``n`` iterations (for StatsHandler's ``iteration_log``)."""
+    n = max(1, int(n))
+    return lambda engine, event: event % n == 0
+
+
+class TrainLog:
+    """Per-epoch record of a training run in ``path`` (JSON list, appended across resumed runs).
+
+    Each entry: ``epoch``, ``iteration`` (global, continues after a resume), ``loss`` (mean over the
+    epoch), ``lr``, ``seconds`` (the epoch's training iterations), ``seconds_per_iteration`` and the
+    validator's metrics when it ran this epoch. Attach after the ValidationHandler so they are ready.
+    """
+
+    def __init__(self, path: str | Path, validator=None, optimizer=None):
+        self.path, self.validator, self.optimizer = Path(path), validator, optimizer
+        self._losses: list[float] = []
+        self._start = self._last = 0.0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine) -> None:
+        self._losses, self._start = [], time.perf_counter()
+        self._last = self._start
+
+    def iteration_completed(self, engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        self._losses.append(float(np.mean([float(o["loss"]) for o in items])))
+        self._last = time.perf_counter()
+
+    def epoch_completed(self, engine) -> None:
+        entries = json.loads(self.path.read_text()) if self.path.exists() else []
+        seconds = self._last - self._start
+        entry = {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
+                 "loss": float(np.mean(self._losses)) if self._losses else None,
+                 "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None,
+                 "seconds": round(seconds, 3),
+                 "seconds_per_iteration": round(seconds / len(self._losses), 4) if self._losses else None}
+        state = getattr(self.validator, "state", None)
+        if state is not None and state.metrics and state.epoch == engine.state.epoch:  # validated this epoch
+            entry.update({k: float(v) for k, v in state.metrics.items() if isinstance(v, (int, float))})
+        entries.append(entry)
+        write_json(self.path, entries)

@@ -1,0 +1,235 @@
+"""The scar_seg bundle end to end on a tiny cohort: train (loss falls, a stopped run resumes where it
+stopped, MLflow records it), evaluate (metrics.csv columns, summary, PNG), infer (the label lands on
+the input's own grid, whatever its orientation), and bad input fails early naming the file.
+
+The runs go through ``monai.bundle.run`` in this process (``logging_file=False``: MONAI's
+``fileConfig`` would replace pytest's logging handlers). The tiny plan: 2D DynUNet of width 8 on
+32 x 32 slices, a few iterations. The torchrun (gloo) run is ``slow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_tiny_datalist
+from lgesynth.errors import DataError
+from lgesynth.io import save_nifti
+from lgesynth.seg import make_plan, regional_metrics, write_plan
+from lgesynth.seg.data import MixedSampler, ensure_plan, slice_last_plan, split_training, synthetic_fraction
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "scar_seg" / "configs"
+EPOCH_ITERATIONS = 6
+
+
+def _run(config: str | list[str], **override):
+    from monai.bundle import run
+
+    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
+    run(config_file=files if len(files) > 1 else files[0], logging_file=False, **override)
+
+
+def tiny_plan(path: Path) -> Path:
+    """A 2D plan for the 32 x 32 x 6 conftest stacks, shrunk to width 8 and batch 4."""
+    plan = make_plan(((1.5, 1.5, 8.0), (32, 32, 6)), preset="smoke")
+    assert plan["configuration"] == "2d"
+    plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
+    plan["batch_size"] = 4
+    plan["training"].update(epochs=2, iterations_per_epoch=EPOCH_ITERATIONS)
+    return write_plan(path, plan)
+
+
+def _log(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "train_log.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train 2 of 3 planned epochs (as if killed), then start the same run again for all 3."""
+    root = tmp_path_factory.mktemp("scar_seg")
+    datalist = write_tiny_datalist(root / "data", n_cases=5)  # 4 training (1 held out to validate), 1 test
+    plan_path = tiny_plan(root / "plan.json")
+    out = root / "train"
+    common = dict(datalist=str(datalist), output_dir=str(out), plan_path=str(plan_path), num_workers=0, log_every=100)
+    # the schedule of a 3-epoch run stopped after epoch 2
+    _run("train.yaml", max_epochs=2, tracking="mlflow", **{"lr_scheduler#total_iters": 3 * EPOCH_ITERATIONS}, **common)
+    first = _log(out)
+    _run("train.yaml", max_epochs=3, **common)
+    return {"root": root, "datalist": datalist, "plan": plan_path, "out": out, "first": first, "log": _log(out)}
+
+
+def test_training_lowers_the_loss_and_resumes(trained):
+    first, log, out = trained["first"], trained["log"], trained["out"]
+    assert [e["epoch"] for e in first] == [1, 2]
+    assert first[-1]["loss"] < first[0]["loss"], first
+    # the second run continued at epoch 3, iteration 13, rather than starting again
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert [e["iteration"] for e in log] == [EPOCH_ITERATIONS, 2 * EPOCH_ITERATIONS, 3 * EPOCH_ITERATIONS]
+    assert log[2]["lr"] < log[1]["lr"] and log[1]["lr"] > 0  # the poly schedule went on too
+    assert log[2]["loss"] < first[0]["loss"]
+    assert {"val_mean_dice", "val_dice_myo", "val_dice_scar"} <= set(log[0])
+    ckpt = torch.load(out / "models" / "checkpoint_epoch=3.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 3 * EPOCH_ITERATIONS
+    assert not (out / "models" / "checkpoint_epoch=2.pt").exists()  # only the latest is kept
+    assert {"model_final.pt", "model_best.pt"} <= {p.name for p in (out / "models").iterdir()}
+
+
+def test_training_is_tracked_in_mlflow(trained):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{trained['out'] / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert len(history) == 2 * EPOCH_ITERATIONS
+    assert "val_mean_dice" in runs[0].data.metrics
+
+
+def test_evaluate_writes_regional_metrics_and_png(trained):
+    out = trained["root"] / "eval"
+    _run("evaluate.yaml", datalist=str(trained["datalist"]), train_dir=str(trained["out"]), output_dir=str(out))
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["p005"]
+    keys = list(regional_metrics(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)), (1, 1, 1)))
+    assert list(rows[0]) == ["id", *keys]
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["n_cases"] == 1 and set(summary["mean"]) == set(keys)
+    assert summary["mean"]["burden_true_pct"] == pytest.approx(12.5)  # conftest: 64 of 512 voxels
+    png = (out / "predictions.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def _reoriented_copy(src: Path, dst: Path) -> None:
+    """The same volume stored slice axis first, one in-plane axis reversed, rotated 10 degrees in world."""
+    img = nib.load(str(src))
+    data, affine = np.asarray(img.dataobj), img.affine
+    stored = np.ascontiguousarray(np.transpose(data, (2, 0, 1))[:, ::-1, :])  # new (i, j, k) = old (31 - j, k, i)
+    new_to_old = np.zeros((4, 4))
+    new_to_old[0, 1], new_to_old[0, 3] = -1, data.shape[0] - 1
+    new_to_old[1, 2] = new_to_old[2, 0] = new_to_old[3, 3] = 1
+    t = np.deg2rad(10.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    save_nifti(dst, stored, rotation @ affine @ new_to_old, dtype=np.float32)
+
+
+def test_inference_output_is_on_the_input_grid(trained, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    test_image = Path(json.loads(trained["datalist"].read_text())["test"][0]["image"])
+    original = inputs / "plain.nii.gz"
+    original.write_bytes((trained["datalist"].parent / test_image).read_bytes())
+    _reoriented_copy(original, inputs / "turned.nii.gz")
+    out = tmp_path / "pred"
+    _run("inference.yaml", input=str(inputs), train_dir=str(trained["out"]), output_dir=str(out))
+    for name in ("plain", "turned"):
+        image, pred = nib.load(str(inputs / f"{name}.nii.gz")), nib.load(str(out / f"{name}_seg.nii.gz"))
+        assert pred.shape == image.shape, name
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4, err_msg=name)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    # both are the same voxels to the network, so the labels agree voxel for voxel once turned back
+    plain = np.asarray(nib.load(str(out / "plain_seg.nii.gz")).dataobj)
+    turned = np.asarray(nib.load(str(out / "turned_seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(np.transpose(turned[:, ::-1, :], (1, 2, 0)), plain)
+    assert (plain > 0).any()
+
+
+def test_bad_label_fails_before_training_naming_the_file(tmp_path):
+    datalist = write_tiny_datalist(tmp_path / "data", n_cases=3)
+    bad = tmp_path / "data" / "labelsTr" / "p002.nii.gz"
+    img = nib.load(str(bad))
+    label = np.asarray(img.dataobj).copy()
+    label[0, 0, 0] = 5
+    save_nifti(bad, label, img.affine, dtype=np.uint8)
+    with pytest.raises(Exception) as info:
+        _run("train.yaml", datalist=str(datalist), output_dir=str(tmp_path / "out"), plan_path=str(tiny_plan(tmp_path / "plan.json")),
+             num_workers=0)
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    data_errors = [e for e in chain if isinstance(e, DataError)]
+    assert data_errors, chain
+    assert str(bad) in str(data_errors[0]) and "label values 5" in str(data_errors[0])
+    assert not (tmp_path / "out" / "models").exists()
+
+
+# ---- the plan and the sampler, without training
+
+
+def test_plan_is_made_from_the_data_once(tmp_path):
+    datalist = write_tiny_datalist(tmp_path / "data", n_cases=3)
+    plan = ensure_plan(None, datalist, tmp_path / "out", preset="smoke")
+    assert (tmp_path / "out" / "plan.json").is_file()
+    assert plan["inputs"]["median_shape"] == [32, 32, 6]
+    edited = dict(plan, batch_size=3)
+    write_plan(tmp_path / "out" / "plan.json", edited)
+    assert ensure_plan(None, datalist, tmp_path / "out", preset="cpu")["batch_size"] == 3  # the user's edit wins
+    with pytest.raises(DataError, match="missing.json"):
+        ensure_plan(tmp_path / "missing.json", datalist, tmp_path / "out")
+
+
+def test_slice_last_plan_moves_the_slice_axis():
+    plan = make_plan(((8.0, 1.4, 1.4), (10, 160, 160)), preset="paper", dims=3)
+    assert plan["slice_axis"] == 0
+    moved = slice_last_plan(plan)
+    assert moved["target_spacing_mm"] == [plan["target_spacing_mm"][a] for a in (1, 2, 0)]
+    assert moved["patch_size"] == [plan["patch_size"][a] for a in (1, 2, 0)]
+    assert moved["network"]["strides"][1] == [plan["network"]["strides"][1][a] for a in (1, 2, 0)]
+    assert moved["network"]["strides"][1][2] == 1  # thick slices are not pooled first
+    assert slice_last_plan(moved) == moved
+
+
+@pytest.mark.parametrize("ratio, expected", [(0.5, 0.5), (0.25, 0.25), (1.0, 1.0), (0.0, 0.0)])
+def test_sampler_draws_the_synthetic_ratio(ratio, expected):
+    n_real, n_synthetic = 8, 40
+    dataset = list(range(n_real + n_synthetic))
+    sampler = MixedSampler(dataset, n_real, ratio=ratio, num_samples=400, seed=1)
+    drawn = list(sampler)
+    assert len(drawn) == 400
+    assert np.mean([i >= n_real for i in drawn]) == pytest.approx(expected, abs=0.003)
+    if 0 < ratio < 1:
+        assert set(range(n_real)) <= set(drawn)
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn  # a new order every epoch
+
+
+def test_sampler_shards_one_order_over_ranks():
+    dataset = list(range(10))
+    whole = MixedSampler(dataset, 4, ratio=0.5, num_samples=20, seed=3)
+    shards = [list(MixedSampler(dataset, 4, ratio=0.5, num_samples=20, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == sorted(whole.epoch_indices())
+    assert synthetic_fraction(4, 6, "all") == 0.6 and synthetic_fraction(4, 0, 0.5) == 0.0
+    assert len(MixedSampler(dataset, 4, ratio="all")) == 10 and len(MixedSampler(dataset, 4, ratio=0.5)) == 8
+
+
+def test_validation_split_never_uses_test(tmp_path):
+    datalist = write_tiny_datalist(tmp_path / "data", n_cases=6)
+    split = split_training(datalist, val_fraction=0.2, seed=0)
+    assert len(split["val"]) == 1 and len(split["train"]) == 4
+    assert "p006" not in {d["id"] for d in split["train"] + split["val"]}
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(trained, tmp_path):
+    out = tmp_path / "ddp"
+    files = "['" + str(CONFIGS / "train.yaml") + "','" + str(CONFIGS / "multi_gpu_train.yaml") + "']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", files, "--datalist", str(trained["datalist"]), "--output_dir", str(out),
+           "--plan_path", str(trained["plan"]), "--num_workers", "0", "--max_epochs", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = _log(out)
+    assert len(log) == 1 and log[0]["iteration"] == EPOCH_ITERATIONS // 2  # each rank takes half the epoch
+    assert (out / "models" / "model_final.pt").is_file()
