@@ -1,0 +1,210 @@
+"""inr2vec: encoder shapes and locality, function-preserving permutations, decoder determinism,
+training on a tiny fitted cohort, architecture refusal, linear probe."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from lgesynth.errors import DataError
+from lgesynth.inr import FitConfig, InrBank, SirenSpec, fit, forward_chunked, init_params, seed_init, stack_params
+from lgesynth.inr2vec import (
+    ImplicitDecoder, Inr2VecEncoder, Inr2VecModel, augment_params, encode_bank, evaluate, linear_probe_accuracy,
+    permute_neurons, sample_batch, targets_from_inr, train_step,
+)
+
+TINY = SirenSpec(hidden_features=32, hidden_layers=2)
+SHAPE = (16, 16, 4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _coords(shape=SHAPE, z_extent=0.5):
+    axes = [(torch.arange(n) * 2 + 1) / n - 1.0 for n in shape]
+    axes[2] = axes[2] * z_extent
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _cohort(n=6, shape=SHAPE, seed=0):
+    """Ring 'myocardium' of varying radius, scar wedge on odd subjects, smooth background."""
+    g = torch.Generator().manual_seed(seed)
+    c = _coords(shape, 1.0)
+    x, y = c[:, 0], c[:, 1]
+    r, th = torch.sqrt(x**2 + y**2), torch.atan2(y, x)
+    out = []
+    for i in range(n):
+        r0 = 0.3 + 0.2 * torch.rand(1, generator=g)
+        myo = (r > r0) & (r < r0 + 0.25)
+        scar = myo & (th.sub(i).remainder(6.283) < 1.5) & torch.tensor(i % 2 == 1)
+        img = 0.3 * torch.sin(2 * x + i) * torch.cos(3 * y) - 0.2
+        img = torch.where(r < r0, 0.6, img)
+        img = torch.where(myo, -0.6, img)
+        img = torch.where(scar, 0.8, img)
+        out.append(torch.stack([img, myo.float(), scar.float()], -1))
+    return torch.stack(out)
+
+
+def _random_bank(spec=TINY, subjects=4, seed=0):
+    """Init + per-subject perturbations of every tensor: distinct INRs without fitting."""
+    g = torch.Generator().manual_seed(seed)
+    base = stack_params(init_params(spec, 0), subjects)
+    return [p + 0.3 * p.std() * torch.randn(p.shape, generator=g) for p in base]
+
+
+@pytest.fixture(scope="module")
+def fitted_bank():
+    torch.set_num_threads(1)
+    cfg = FitConfig(max_steps=150, batch_size=6, points=None, lr=1e-3, early_stop=False)
+    res = fit(_cohort(6), _coords(), init_params(TINY, 0), TINY, cfg)
+    return res.params
+
+
+def test_encoder_shapes_and_each_weight_reaches_only_its_subject():
+    params = _random_bank(subjects=4)
+    enc = Inr2VecEncoder(TINY, width=64).eval()
+    with torch.no_grad():
+        z = enc(params)
+        assert z.shape == (4, 512)  # (subjects, latent)
+        assert enc([p[:1] for p in params]).shape == (1, 512)
+        # one weight (or bias) of subject 2 in every tensor: first layer, hidden, head
+        for t in range(len(params)):
+            changed = [p.clone() for p in params]
+            flat = changed[t][2].view(-1)
+            flat[flat.numel() // 2] += 0.5 * params[t].std()
+            z2 = enc(changed)
+            assert (z2[2] - z[2]).abs().max() > 1e-6, f"tensor {t}: a changed weight did not change the latent"
+            others = [0, 1, 3]
+            assert torch.allclose(z2[others], z[others], atol=1e-6, rtol=0), f"tensor {t}: other subjects changed"
+    # the latent of a subject does not depend on its batch (no batch statistics), also in train mode
+    enc.train()
+    assert torch.allclose(enc(params)[1:2], enc([p[1:2] for p in params]), atol=1e-5)
+
+
+def test_standardization_from_bank():
+    params = _random_bank(subjects=8)
+    enc = Inr2VecEncoder(TINY, width=32, latent_dim=16)
+    raw = enc.rows(params)
+    enc.fit_standardization(params)
+    rows = enc.rows(params)
+    for k, r in enumerate(rows):
+        w = r[..., :-1]  # the weights of the rows (the last column is the bias)
+        assert abs(float(w.mean())) < 1e-4 and abs(float(w.std()) - 1) < 1e-3, k
+    assert not torch.allclose(raw[1], rows[1])
+    enc.fit_standardization(params, per_element=True)
+    assert enc.rows(params)[1].mean(0).abs().max() < 1e-4  # the bank mean of every entry is removed
+    assert "scale_0" in enc.state_dict() and "center_0" in enc.state_dict()
+
+
+def test_permutation_keeps_function_changes_weights_and_latent():
+    params = _random_bank(subjects=3)
+    before = [p.clone() for p in params]
+    coords = _coords()
+    perm = permute_neurons(params, TINY, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(p, q) for p, q in zip(params, before)), "input modified"
+    f0 = forward_chunked(params, coords, TINY)
+    f1 = forward_chunked(perm, coords, TINY)
+    assert (f0 - f1).abs().max() < 1e-5
+    for k in range(len(TINY.omegas)):  # every permuted tensor differs
+        assert not torch.equal(perm[2 * k], params[2 * k]) and not torch.equal(perm[2 * k + 2], params[2 * k + 2])
+    assert torch.equal(perm[-1], params[-1])  # the head's bias has no hidden index
+    # a wrong permutation (in-dim of the next layer left alone) would change the function
+    broken = list(perm)
+    broken[2] = params[2]
+    assert (forward_chunked(broken, coords, TINY) - f0).abs().max() > 1e-2
+    enc = Inr2VecEncoder(TINY, width=64, latent_dim=32).eval()
+    with torch.no_grad():
+        assert (enc(perm) - enc(params)).abs().max() > 1e-5  # not invariant by design
+    aug = augment_params(params, TINY, permute_prob=1.0, noise=0.0, generator=torch.Generator().manual_seed(2))
+    assert (forward_chunked(aug, coords, TINY) - f0).abs().max() < 1e-5
+    noisy = augment_params(params, TINY, noise=0.01, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(noisy[2], params[2])
+
+
+def test_decoder_is_deterministic_and_chunking_is_exact():
+    torch.manual_seed(0)
+    dec = ImplicitDecoder(latent_dim=32, hidden=64, layers=4).eval()
+    z = torch.randn(3, 32)
+    coords = _coords()
+    a = dec.decode(coords, z)
+    assert a.shape == (3, coords.shape[0], 3)  # (subjects, points, channels)
+    assert torch.equal(a, dec.decode(coords, z))
+    assert torch.allclose(a, dec.decode(coords, z, chunk=100), atol=1e-5)
+    assert (a[0] - a[1]).abs().max() > 1e-4  # the latent conditions the output
+    assert torch.allclose(dec(coords[:50].expand(3, -1, -1), z), a[:, :50], atol=1e-5)
+
+
+def test_training_loss_falls_on_a_tiny_fitted_cohort(fitted_bank):
+    params, coords = fitted_bank, _coords()
+    torch.manual_seed(0)
+    enc = Inr2VecEncoder(TINY, latent_dim=64, width=64, depth=2).fit_standardization(params)
+    model = Inr2VecModel(enc, ImplicitDecoder(latent_dim=64, hidden=96, layers=4, num_freqs=4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    fixed = sample_batch(params, coords, 512, generator=torch.Generator().manual_seed(9))
+    fixed["targets"] = targets_from_inr(fixed["params"], fixed["coords"], TINY)
+
+    def held_loss():
+        model.eval()
+        with torch.no_grad():
+            return float(model.loss(fixed["params"], fixed["coords"], fixed["targets"]))
+
+    start = held_loss()
+    aug = functools.partial(augment_params, spec=TINY, noise=0.005, generator=torch.Generator().manual_seed(4))
+    for step in range(40):
+        batch = sample_batch(params, coords, 512, generator=g)  # no targets: rendered from the INRs
+        info = train_step(model, opt, batch, augment=aug if step % 2 else None)
+        assert info["loss"] == info["loss"]  # not NaN
+    end = held_loss()
+    assert end < 0.7 * start, (start, end)
+    assert train_step(model, opt, batch, bf16=True)["loss"] < start  # the bf16 autocast path runs too
+    m = evaluate(model, params, coords)
+    assert set(m) == {"psnr", "dice_myo", "dice_scar"} and m["psnr"].shape == (6,)
+    assert torch.isnan(m["dice_scar"][0]) and not torch.isnan(m["dice_scar"][1])  # even subjects have no scar
+    # canonical targets work the same way and give the same loss for the INR's own targets
+    full_t = targets_from_inr(params, coords, TINY)
+    m2 = evaluate(model, params, coords, full_t)
+    assert torch.allclose(m["psnr"], m2["psnr"])
+    assert torch.allclose(encode_bank(enc, params, batch_size=4), encode_bank(enc, params), atol=1e-5)
+    # per-subject grids: the sampled coords of a subject come from its own grid
+    per_subject = torch.stack([coords, coords * 0.5])
+    b = sample_batch([p[:2] for p in params], per_subject, 64, generator=torch.Generator().manual_seed(1))
+    assert b["coords"].shape == (2, 64, 3) and b["coords"][1].abs().max() <= 0.5 < b["coords"][0].abs().max()
+
+
+def test_other_architecture_is_refused():
+    enc = Inr2VecEncoder(TINY, width=32, latent_dim=16)
+    enc.check_spec(TINY)  # fine
+    other = SirenSpec(hidden_features=64, hidden_layers=2)
+    with pytest.raises(DataError, match=r"hidden_features 64 \(encoder: 32\)"):
+        enc.check_spec(other, "bank/inr_bank.json")
+    with pytest.raises(DataError, match="omega_0 20.0"):
+        enc.check_spec(SirenSpec(hidden_features=32, hidden_layers=2, omega_0=20.0))
+    with pytest.raises(DataError, match="differ from the encoder's architecture"):
+        enc(_random_bank(other, subjects=2))
+    bank = InrBank.from_fit(other, seed_init(0), _random_bank(other, subjects=2), [{"id": "a"}, {"id": "b"}])
+    with pytest.raises(DataError, match="INR bank: INR architecture differs"):
+        encode_bank(enc, bank)
+    with pytest.raises(DataError, match="hidden_layers 3"):
+        enc.load_state_dict(Inr2VecEncoder(SirenSpec(hidden_features=32, hidden_layers=3), 32, 16).state_dict(), strict=False)
+
+
+def test_linear_probe_separates_clusters_and_is_at_chance_on_shuffled_labels():
+    g = torch.Generator().manual_seed(0)
+    n, d = 200, 64
+    y = torch.arange(2 * n) % 2
+    shift = torch.zeros(d)
+    shift[:8] = 1.5  # clusters 2 * 1.5 * sqrt(8) ~ 8.5 std apart
+    x = torch.randn(2 * n, d, generator=g) + torch.where(y[:, None] == 1, shift, -shift)
+    acc = linear_probe_accuracy(x[:n], y[:n], x[n:], y[n:])
+    assert acc >= 0.9, acc
+    y_shuf = y[torch.randperm(2 * n, generator=g)]
+    chance = linear_probe_accuracy(x[:n], y_shuf[:n], x[n:], y_shuf[n:])
+    assert 0.35 <= chance <= 0.65, chance
