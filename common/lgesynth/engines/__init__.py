@@ -1,0 +1,5 @@
+"""ignite engines and handlers that the bundle configs wire up where MONAI has none.
+
+    inr_fit      InrFitTrainer: fits a datalist's INR bank, one chunk of subjects per iteration
+    tracking     RunInfoHandler: params and tags onto the MLflow run that ``--tracking mlflow`` opens
+"""
