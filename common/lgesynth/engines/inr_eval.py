@@ -48,6 +48,15 @@ def summarise(rows: list[dict], targets: dict | None = None) -> dict:
     return out
 
 
+def ssim_3d(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
+    """MONAI's SSIM of two (X, Y, Z) volumes; 7-voxel window, smaller (odd) on thin axes."""
+    from monai.metrics import SSIMMetric
+
+    win = min(7, min(a.shape) if min(a.shape) % 2 else min(a.shape) - 1)
+    metric = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=max(win, 1))
+    return float(metric(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).item())
+
+
 class InrBankEvaluator(Engine):
     """Evaluate every subject of the bank in ``bank_dir``; one iteration per subject.
 
@@ -67,9 +76,6 @@ class InrBankEvaluator(Engine):
         self.bank = load_bank(self.bank_dir)
         self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
         self.rows: list[dict] = []
-        from monai.metrics import SSIMMetric
-
-        self.ssim = SSIMMetric(spatial_dims=3, data_range=2.0, win_size=7)
         for handler in val_handlers or ():
             handler.attach(self)
         self._bar = None
@@ -84,7 +90,7 @@ class InrBankEvaluator(Engine):
         shape = tuple(case.label.shape)
         image, label = render_volume(self.bank.params(index), canonical_coords(shape, bank_z_extent(self.bank)), shape, self.bank.spec)
         mse = float(np.mean((image - case.image) ** 2))
-        ssim = float(self.ssim(torch.from_numpy(image)[None, None], torch.from_numpy(case.image)[None, None]).item())
+        ssim = ssim_3d(image, case.image)
         row = {"id": subject["id"], "section": subject["source"].get("section", ""), "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
                "ssim": ssim, "dice_myo": _dice(label > 0, case.label > 0), "dice_scar": _dice(label == 2, case.label == 2),
                "steps": subject.get("steps")}
