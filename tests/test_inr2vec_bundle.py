@@ -1,0 +1,188 @@
+"""The inr2vec bundle end to end on a tiny bank: train (loss falls, a second run resumes at the saved
+iteration, MLflow records it), encode (latents and their records), decode (NIfTI pairs that
+``check_datalist`` accepts), evaluate (CSV / JSON keys, montage), refusal of a bank of another
+architecture or init, and a torn latents pair.
+
+The bank: 7 conftest cases (6 training, 1 test) on a 24 x 24 x 6 canonical grid, SIRENs of 32 x 2
+fitted 60 steps by the inr_fit engine (quality does not matter). The runs go through
+``monai.bundle.run`` in this process (``logging_file=False``). The torchrun (gloo) run is ``slow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+
+from conftest import write_tiny_datalist
+from lgesynth.data.validate import check_datalist
+from lgesynth.errors import DataError
+from lgesynth.inr.bank import InrBank, load_bank, save_bank, seed_init
+from lgesynth.inr.siren import SirenSpec, init_params
+from lgesynth.inr2vec.latents import load_latents, state_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "inr2vec" / "configs"
+GRID = (24, 24, 6)
+EPOCH = 5  # iterations per epoch
+TINY = dict(latent_dim=512, encoder_args={"width": 32, "depth": 2, "pool": "maxmean"},
+            decoder_args={"hidden": 64, "layers": 3, "num_freqs": 5}, epoch_length=EPOCH, subjects_per_batch=4,
+            points=2048, lr=0.01, warmup_steps=2, val_interval=1, num_threads=1, log_every=100)
+
+
+def _run(config: str, run_id: str | None = None, **override):
+    from monai.bundle import run
+
+    run(run_id, config_file=str(CONFIGS / config), logging_file=False, **override)
+
+
+def _log(out: Path) -> list[dict]:
+    return json.loads((out / "train_log.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    from lgesynth.engines.inr_fit import InrFitTrainer
+
+    root = tmp_path_factory.mktemp("inr2vec")
+    datalist = write_tiny_datalist(root / "data", n_cases=7)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    InrFitTrainer(datalist, root / "bank", grid={"shape": list(GRID)}, spec={"hidden_features": 32, "hidden_layers": 2},
+                  fit={"max_steps": 60, "points": None, "early_stop": False, "lr": 1e-3}, init={"kind": "seed", "seed": 0},
+                  chunk_subjects=8, progress=False).run_all()
+    torch.set_num_threads(n)
+    return {"root": root, "datalist": datalist, "bank": root / "bank"}
+
+
+@pytest.fixture(scope="module")
+def trained(bank):
+    """30 of 60 planned iterations (as if killed, tracked in MLflow), then the same run again for all 60."""
+    out = bank["root"] / "train"
+    common = dict(bank_dir=str(bank["bank"]), output_dir=str(out), **TINY)
+    _run("train.yaml", steps=30, tracking="mlflow", **{"lr_scheduler#t_total": 60}, **common)
+    first = _log(out)
+    _run("train.yaml", steps=60, **common)
+    return {**bank, "out": out, "first": first, "log": _log(out)}
+
+
+def test_training_lowers_the_loss_and_resumes(trained):
+    first, log, out = trained["first"], trained["log"], trained["out"]
+    assert [e["iteration"] for e in first] == [EPOCH * k for k in range(1, 7)]
+    assert first[-1]["loss"] < 0.7 * first[0]["loss"], first
+    # the second run continued at epoch 7, iteration 31, rather than starting again
+    assert [e["iteration"] for e in log] == [EPOCH * k for k in range(1, 13)]
+    assert log[-1]["loss"] < first[-1]["loss"] and log[6]["lr"] < log[5]["lr"]
+    assert {"val_psnr", "val_dice_myo", "val_dice_scar"} <= set(log[0])
+    ckpt = torch.load(out / "checkpoint_epoch=12.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 60 and {"encoder", "decoder", "optimizer", "lr_scheduler"} <= set(ckpt)
+    assert not (out / "checkpoint_epoch=6.pt").exists()  # only the latest is kept
+    assert {"model_final.pt", "model_best.pt"} <= {p.name for p in out.iterdir()}
+    record = json.loads((out / "inr2vec_model.json").read_text())
+    # by subject, stratified: one scar (odd id) and one scar-free subject of the 6 training ones
+    assert record["split"]["test"] == ["p007"] and sorted(int(i[-1]) % 2 for i in record["split"]["val"]) == [0, 1]
+    assert "p007" not in record["split"]["train"] + record["split"]["val"]
+
+
+def test_training_is_tracked_in_mlflow(trained):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{trained['out'] / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    run = runs[0]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 30
+    assert {"val_psnr", "val_dice_myo"} <= set(run.data.metrics)
+    assert run.data.params["targets"] == "volume" and run.data.params["seed"] == "0"
+    assert run.data.tags["bundle"] == "inr2vec"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "config")]
+
+
+def test_encode_writes_latents_with_scar_records(trained):
+    out = trained["root"] / "enc"
+    _run("inference.yaml", "encode", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]),
+         datalist=str(trained["datalist"]), output_dir=str(out), num_threads=1)
+    lat = load_latents(out)
+    assert lat.latents.shape == (7, 512) and lat.latents.dtype == torch.float32
+    assert lat.ids == [f"p{i:03d}" for i in range(1, 8)]
+    assert [s["section"] for s in lat.subjects] == ["training"] * 6 + ["test"]
+    assert [s["has_scar"] for s in lat.subjects] == [i % 2 == 0 for i in range(7)]  # conftest: even indices
+    burdens = [s["scar_burden"] for s in lat.subjects]
+    assert all(0.05 < b < 0.25 for b in burdens[::2]) and burdens[1] == 0.0  # ~12.5 % before resampling
+    from lgesynth.engines.inr2vec_eval import load_trained
+
+    assert lat.encoder_sha256 == state_sha256(load_trained(trained["out"]).encoder)
+    trained["latents"] = out
+
+
+def test_decode_writes_pairs_that_validate(trained):
+    if "latents" not in trained:
+        test_encode_writes_latents_with_scar_records(trained)
+    out = trained["root"] / "dec"
+    _run("inference.yaml", "decode", model_dir=str(trained["out"]), latents=str(trained["latents"] / "latents.json"),
+         decode_dir=str(out), num_threads=1)
+    doc = json.loads((out / "datalist.json").read_text())
+    assert len(doc["training"]) + len(doc["rejected"]) == 7 and len(doc["training"]) >= 4, doc.get("rejected")
+    assert check_datalist(out / "datalist.json") == []
+    img = nib.load(str(out / doc["training"][0]["image"]))
+    assert img.shape == GRID and all(e["synthetic"] for e in doc["training"])
+
+
+def test_evaluate_writes_metrics_and_montage(trained):
+    out = trained["root"] / "eval"
+    _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out), num_threads=1)
+    with open(out / "inr2vec_metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "section", "psnr", "ssim", "dice_myo", "dice_scar"] and len(rows) == 7
+    summary = json.loads((out / "inr2vec_metrics.json").read_text())
+    for key in ("psnr", "dice_myo", "dice_scar", "probe_accuracy"):
+        assert f"{key}_test" in summary or key == "probe_accuracy", key
+        assert f"{key}_train" in summary, key
+    assert "probe_accuracy" in summary and summary["dice_myo_train"] > 0.5  # the decoder learnt the myocardium
+    assert (out / "inr2vec_montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("spec, init, message", [
+    (SirenSpec(hidden_features=16, hidden_layers=2), seed_init(0), r"hidden_features 16 \(encoder: 32\)"),
+    (SirenSpec(hidden_features=32, hidden_layers=2), seed_init(1), "another init"),
+])
+def test_bank_of_another_architecture_or_init_is_refused(trained, tmp_path, spec, init, message):
+    from lgesynth.engines.inr2vec_eval import encode_to_file, load_trained
+
+    src = load_bank(trained["bank"])
+    params = [p.unsqueeze(0).repeat(len(src), *[1] * p.dim()) for p in init_params(spec, init["seed"])]
+    save_bank(InrBank.from_fit(spec, init, params, src.subjects, src.fit), tmp_path / "other")
+    with pytest.raises(DataError, match=message) as err:
+        encode_to_file(load_trained(trained["out"]), str(tmp_path / "other"), str(tmp_path / "lat"))
+    assert str(tmp_path / "other" / "inr_bank.json") in str(err.value)
+
+
+def test_torn_latents_are_refused(trained, tmp_path):
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    save_latents(tmp_path / "a", Latents(torch.zeros(2, 4), [{"id": "a"}, {"id": "b"}]))
+    save_latents(tmp_path / "b", Latents(torch.ones(2, 4), [{"id": "a"}, {"id": "b"}]))
+    (tmp_path / "a" / "latents.safetensors").write_bytes((tmp_path / "b" / "latents.safetensors").read_bytes())
+    with pytest.raises(DataError, match="latents.safetensors: does not match latents.json"):
+        load_latents(tmp_path / "a")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(bank, tmp_path):
+    out = tmp_path / "ddp"
+    files = "['" + str(CONFIGS / "train.yaml") + "','" + str(CONFIGS / "multi_gpu_train.yaml") + "']"
+    args = {**TINY, "steps": 10, "bank_dir": str(bank["bank"]), "output_dir": str(out)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", files] + [x for k, v in args.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, dict) else str(v))]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = _log(out)
+    assert [e["iteration"] for e in log] == [5, 10] and log[-1]["loss"] < log[0]["loss"]
+    assert (out / "model_final.pt").is_file()
