@@ -1,0 +1,70 @@
+"""The pipeline on a tiny preset: stages run through the bundles, MLflow holds a run per stage, and a
+run stopped during inr2vec and started again re-enters inr2vec without refitting the INRs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_tiny_datalist
+from lgesynth.pipeline import Pipeline, load_preset
+
+TINY = {
+    "name": "tiny",
+    "threads": 1,
+    "inr_fit": {"train": {"grid": {"shape": [24, 24, 6]}, "spec": {"hidden_features": 32, "hidden_layers": 2},
+                          "fit#max_steps": 30, "fit#points": 1024, "fit#batch_size": 4, "fit#check_every": 10,
+                          "init#outer_steps": 2, "init#inner_steps": 2, "chunk_subjects": 4}},
+    "inr2vec": {"train": {"steps": 8, "epoch_length": 4, "subjects_per_batch": 4, "points": 512, "bf16": False,
+                          "encoder_args": {"width": 32, "depth": 1, "pool": "maxmean"},
+                          "decoder_args": {"hidden": 32, "layers": 2, "num_freqs": 3}, "latent_dim": 16}},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    datalist = write_tiny_datalist(root / "data", n_cases=6)
+    preset = root / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    out = root / "run"
+    pipe = Pipeline(out, preset, data=datalist, stages=("data", "inr_fit", "inr2vec"))
+    times = pipe.run()
+    return {"out": out, "preset": preset, "datalist": datalist, "times": times}
+
+
+def test_builtin_presets_load_and_state_their_budget():
+    for name, budget in (("smoke", 15), ("cpu", 60)):
+        preset = load_preset(name)
+        assert preset["name"] == name and preset["budget_minutes"] == budget
+        assert {"inr_fit", "inr2vec", "edm_synth", "scar_seg"} <= set(preset)
+
+
+def test_stages_write_their_outputs_and_one_mlflow_run_each(tiny_run):
+    out = tiny_run["out"]
+    assert (out / "inr_fit" / "inr_bank.json").exists() and (out / "inr2vec" / "latents.json").exists()
+    assert set(tiny_run["times"]) == {"data", "inr_fit", "inr2vec"}
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("lgesynth_tiny")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert {"inr_fit_train", "inr_fit_evaluate", "inr2vec_train", "inr2vec_evaluate"} <= names
+
+
+def test_rerun_after_a_stop_in_inr2vec_does_not_refit_the_inrs(tiny_run):
+    out = tiny_run["out"]
+    bank = out / "inr_fit" / "inr_bank.safetensors"
+    before = (bank.stat().st_mtime_ns, bank.read_bytes())
+    # "killed during inr2vec": its stage record and outputs are missing
+    (out / ".stages" / "inr2vec.json").unlink()
+    (out / "inr2vec" / "latents.json").unlink()
+    times = Pipeline(out, tiny_run["preset"], data=tiny_run["datalist"], stages=("data", "inr_fit", "inr2vec")).run()
+    assert (out / "inr2vec" / "latents.json").exists()
+    assert (bank.stat().st_mtime_ns, bank.read_bytes()) == before  # INRs not refitted
+    record = json.loads((out / ".stages" / "inr_fit.json").read_text())
+    assert times["inr_fit"] == record["seconds"]  # reported from the record, not re-run
