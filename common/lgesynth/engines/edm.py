@@ -1,0 +1,314 @@
+"""edm_synth training engines (the bundle's ``train#trainer``, ``validate#evaluator`` and the export).
+
+    EdmData            latents of one datalist section, standardised; sigma_data; condition vectors
+    EdmTrainer         ignite engine: one iteration = one EDMLoss step on a batch of latents + EMA update
+    EdmValidator       MONAI Evaluator: EDM loss of the EMA net at fixed noise levels and fixed noise
+    GeneratorExporter  at the end of training, writes everything generation needs into ``models_dir``
+                       (see ``synth/generate.py``): EMA weights, standardiser, sigma_data, the inr2vec
+                       decoder (not the encoder) + its architecture, grid, z extent, reference affine,
+                       the training-cohort stats of the quality report, and ``generator.json`` last
+
+Batches are a function of the iteration number only (``seed_of(seed, iteration)``), so a resumed run
+draws what the uninterrupted run would have drawn; under torch.distributed every rank draws the same
+global batch and takes its ``rank::world`` slice, so DDP averages the gradient of the same global batch.
+
+Conditioning (``condition``): ``none``, ``burden`` (the scar burden of the canonical label, from
+``latents.json``), ``pattern`` (one-hot over ``SCAR_PATTERNS``; latents encoded with a datalist that
+gives ``pattern``) or ``burden+pattern``; the loss drops a sample's condition with probability
+``p_uncond`` (classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import Evaluator
+
+from lgesynth.edm import SCAR_PATTERNS, EDMLoss, LatentStandardizer, estimate_sigma_data, scar_condition
+from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
+from lgesynth.engines.inr2vec import SubjectMean, seed_of, shard_of_rank
+from lgesynth.errors import DataError
+from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, state_sha256
+from lgesynth.io import atomic_path, write_json
+from lgesynth.synth.generate import FILES, GENERATOR_FORMAT, GENERATOR_JSON, condition_parts
+
+logger = logging.getLogger("lgesynth.edm")
+
+
+def _latents_json(path: str | Path) -> Path:
+    p = Path(path)
+    return p.parent / LATENTS_JSON if p.suffix else p / LATENTS_JSON
+
+
+def pattern_name(value) -> str | None:
+    """The ``SCAR_PATTERNS`` name of a datalist's pattern, ignoring case, ``_``, ``-`` and spaces
+    (the phantom writes ``nonischemic``); None when it is none of them."""
+    key = str(value).lower().replace("_", "").replace("-", "").replace(" ", "")
+    return next((p for p in SCAR_PATTERNS if p.replace("_", "") == key), None) if value is not None else None
+
+
+def condition_vectors(subjects: list[dict], condition: str, where: str | Path | None = None) -> torch.Tensor | None:
+    """``(n, cond_dim)`` condition vectors of latent records (``scar_burden``, ``pattern``), None for ``none``."""
+    use_burden, use_pattern = condition_parts(condition)
+    if not (use_burden or use_pattern):
+        return None
+    burden = pattern = None
+    if use_burden:
+        burden = [float(s.get("scar_burden", 0.0)) for s in subjects]
+    if use_pattern:
+        missing = [s["id"] for s in subjects if pattern_name(s.get("pattern")) is None]
+        if missing:
+            raise DataError(where, f"condition {condition!r} needs a scar pattern ({', '.join(SCAR_PATTERNS)}) per "
+                            f"subject; missing or unknown for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: "
+                            "encode with a datalist that gives \"pattern\" (inr2vec inference --datalist) or use "
+                            "condition: burden / none")
+        pattern = [pattern_name(s["pattern"]) for s in subjects]
+    return scar_condition(burden, pattern)
+
+
+class EdmData:
+    """Latents of the ``section`` subjects (training only, by default), standardised, and their conditions.
+
+    Attributes: ``w`` (n, dim) raw latents, ``z`` standardised (on ``device``), ``ids``, ``subjects``,
+    ``standardizer``, ``sigma_data``, ``cond`` (n, cond_dim) or None, ``cond_dim``, ``z_val`` (the
+    ``validation`` latents if any, else ``z``), ``encoder_sha256``, ``path``.
+    """
+
+    def __init__(self, latents: str, section: str = "training", condition: str = "none",
+                 device: str | torch.device = "cpu", eps: float = 1e-6):
+        self.path, self.device, self.condition = str(latents), torch.device(device), condition
+        where = _latents_json(latents)
+        lat = load_latents(latents)
+        rows = lat.rows(section)
+        if len(rows) < 2:
+            raise DataError(where, f"{len(rows)} latents in section {section!r}; the EDM needs at least 2 "
+                            f"(sections present: {sorted({s.get('section') for s in lat.subjects})})")
+        self.w = lat.latents[rows].float()
+        self.subjects = [lat.subjects[i] for i in rows]
+        self.ids = [s["id"] for s in self.subjects]
+        self.encoder_sha256 = lat.encoder_sha256
+        self.standardizer = LatentStandardizer.fit(self.w, eps)
+        self.z = self.standardizer.standardize(self.w).float().to(self.device)
+        self.sigma_data = estimate_sigma_data(self.z)
+        cond = condition_vectors(self.subjects, condition, where)
+        self.cond = None if cond is None else cond.to(self.device)
+        self.cond_dim = 0 if cond is None else int(cond.shape[1])
+        val = lat.rows("validation")
+        self.z_val = self.standardizer.standardize(lat.latents[val].float()).to(self.device) if val else self.z
+        cond_val = condition_vectors([lat.subjects[i] for i in val], condition, where) if val else cond
+        self.cond_val = None if cond_val is None else cond_val.to(self.device)
+        logger.info("latents %s: %d %s subjects, dim %d, sigma_data %.4f, condition %s", latents, len(rows), section,
+                    self.w.shape[1], self.sigma_data, condition)
+
+    @property
+    def dim(self) -> int:
+        return int(self.w.shape[1])
+
+
+def denoiser_architecture(model: LatentDenoiser) -> dict:
+    """Constructor arguments of a ``LatentDenoiser`` (what ``Generator`` needs to rebuild it)."""
+    return {"dim": model.dim, "hidden": model.input.out_features, "blocks": len(model.blocks), "cond_dim": model.cond_dim,
+            "emb_dim": model.map_emb[0].out_features, "noise_channels": model.map_emb[0].in_features,
+            "noise_embedding": "fourier" if isinstance(model.map_noise, FourierEmbedding) else "positional",
+            "dropout": float(model.blocks[0].dropout.p) if len(model.blocks) else 0.0}
+
+
+def _unwrap(net):
+    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+
+class EdmTrainer(Engine):
+    """Train ``net`` (``EDMPrecond``, or DDP around it) on ``data`` with ``EDMLoss``; EMA after every step.
+
+    Args:
+        data: ``EdmData``.
+        net: the denoiser being trained.
+        ema: ``edm.EMA`` of the unwrapped ``EDMPrecond``.
+        optimizer: over ``net.parameters()``.
+        loss_fn: ``EDMLoss`` (its ``sigma_data`` should be ``data.sigma_data``).
+        steps: total iterations; ``max_epochs = ceil(steps / epoch_length)``.
+        epoch_length: iterations per epoch (checkpoints, validation, MLflow epochs).
+        batch_size: global latents per iteration (drawn without replacement within an iteration; with
+            replacement when larger than the cohort).
+        grad_clip: max global grad norm (None: off).
+        seed: seeds the batches and the noise (with the iteration and rank).
+        train_handlers: attached in order.
+        shard: ``(rank, world)``; default from torch.distributed.
+    """
+
+    def __init__(self, data: EdmData, net, ema, optimizer: torch.optim.Optimizer, loss_fn: EDMLoss, steps: int = 4000,
+                 epoch_length: int = 100, batch_size: int = 64, grad_clip: float | None = None, seed: int = 0,
+                 train_handlers=(), shard: tuple[int, int] | None = None, config: dict | None = None):
+        super().__init__(self._process)
+        self.data, self.net, self.ema, self.optimizer, self.loss_fn = data, net, ema, optimizer, loss_fn
+        self.steps, self.epoch_length, self.batch_size = int(steps), int(epoch_length), int(batch_size)
+        self.grad_clip, self.seed = grad_clip, int(seed)
+        self.rank, self.world = shard or shard_of_rank()
+        self.config = dict(config or {})
+        for handler in train_handlers or ():
+            handler.attach(self)
+
+    @property
+    def max_epochs(self) -> int:
+        return max(1, math.ceil(self.steps / self.epoch_length))
+
+    def run_params(self) -> dict:
+        """What MLflow records as params (RunInfoHandler)."""
+        return {"latents": self.data.path, "subjects": len(self.data.ids), "dim": self.data.dim,
+                "sigma_data": self.data.sigma_data, "condition": self.data.condition, "p_uncond": self.loss_fn.p_uncond,
+                "P_mean": self.loss_fn.P_mean, "P_std": self.loss_fn.P_std,
+                "denoiser": denoiser_architecture(_unwrap(self.net).model), "steps": self.steps,
+                "epoch_length": self.epoch_length, "batch_size": self.batch_size, "grad_clip": self.grad_clip,
+                "world_size": self.world, "ema_halflife_kimg": self.ema.halflife_kimg, "ema_decay": self.ema.decay,
+                **self.config}
+
+    def batch_rows(self, iteration: int) -> torch.Tensor:
+        """Rows (of ``data.z``) of this rank's latents at ``iteration``."""
+        n = self.data.z.shape[0]
+        g = torch.Generator().manual_seed(seed_of(self.seed, iteration))
+        k = max(self.batch_size, self.world)
+        rows = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(k / n))])[:k]
+        return rows[self.rank:: self.world]
+
+    def _process(self, engine: Engine, _batch) -> list[dict]:
+        it = engine.state.iteration
+        rows = self.batch_rows(it).to(self.data.device)
+        y = self.data.z[rows]
+        cond = None if self.data.cond is None else self.data.cond[rows]
+        g = torch.Generator(device=self.data.device).manual_seed(seed_of(self.seed, it, self.rank, 1))
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net, y, cond, generator=g)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.ema.update_parameters(_unwrap(self.net))
+        return [{"loss": float(loss.detach())}]
+
+    def run_all(self):
+        """Train for ``steps`` iterations (resumed by a ``ResumeCheckpointLoader`` in the handlers)."""
+        return self.run(range(self.epoch_length), max_epochs=self.max_epochs, epoch_length=self.epoch_length)
+
+
+class EdmValidator(Evaluator):
+    """EDM loss of the EMA denoiser on the validation latents (the training ones when there are none), at
+    ``num_sigmas`` fixed noise levels (quantiles of p_train) with fixed noise: ``state.metrics["val_loss"]``."""
+
+    def __init__(self, data: EdmData, ema, loss_fn: EDMLoss, device: str | torch.device = "cpu", num_sigmas: int = 8,
+                 seed: int = 12345, val_handlers=None):
+        super().__init__(device=device, val_data_loader=[0], epoch_length=1, decollate=False,
+                         key_val_metric={"val_loss": SubjectMean("loss")}, val_handlers=val_handlers)
+        self.data, self.ema, self.loss_fn = data, ema, loss_fn
+        from scipy.stats import norm
+
+        q = (np.arange(num_sigmas) + 0.5) / num_sigmas
+        self.sigmas = torch.tensor(np.exp(loss_fn.P_mean + loss_fn.P_std * norm.ppf(q)), dtype=torch.float32)
+        g = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn((num_sigmas, *data.z_val.shape), generator=g).to(data.z_val.device)
+
+    @torch.no_grad()
+    def _iteration(self, engine, _batch) -> dict:
+        net = self.ema.module.eval()
+        y, cond = self.data.z_val, self.data.cond_val
+        losses = []
+        for sigma, n in zip(self.sigmas.to(y.device), self.noise):
+            s = sigma.expand(y.shape[0])
+            D = net(y + n * sigma, s, cond)
+            losses.append((self.loss_fn.weight(s)[:, None] * (D - y) ** 2).mean(1))
+        return {"loss": torch.stack(losses).mean(0)}
+
+
+class GeneratorExporter:
+    """At the end of training (``Events.COMPLETED``, rank 0), write the generator into ``models_dir``.
+
+    Args:
+        models_dir: the bundle's models folder (default in train.yaml: ``bundle_root/models``).
+        data: ``EdmData`` (standardiser, sigma_data, training latents and conditions).
+        ema: the EMA whose weights are exported.
+        inr2vec_dir: the inr2vec train output (``inr2vec_model.json`` + checkpoint): its decoder is
+            copied; its encoder must be the one that made the latents (checksum).
+        inr2vec_checkpoint: the inr2vec checkpoint (default ``find_checkpoint``).
+        sampler: defaults stored for inference (``num_steps``, ``sigma_min``, ``sigma_max``, ``rho``).
+        decode_batch: latents decoded together for the training-cohort stats.
+        config: recorded in generator.json (training settings).
+    """
+
+    def __init__(self, models_dir: str, data: EdmData, ema, inr2vec_dir: str, inr2vec_checkpoint: str | None = None,
+                 sampler: dict | None = None, decode_batch: int = 8, config: dict | None = None, enabled: bool = True):
+        from lgesynth.engines.inr2vec_eval import load_trained
+
+        self.models_dir, self.data, self.ema = Path(models_dir), data, ema
+        self.sampler = {"num_steps": 32, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, **dict(sampler or {})}
+        self.decode_batch, self.config, self.enabled = int(decode_batch), dict(config or {}), bool(enabled)
+        self.inr2vec = load_trained(inr2vec_dir, inr2vec_checkpoint, "cpu")
+        sha = state_sha256(self.inr2vec.encoder)
+        if data.encoder_sha256 and data.encoder_sha256 != sha:
+            raise DataError(_latents_json(data.path), f"was encoded by another encoder than the one of the inr2vec model "
+                            f"in {inr2vec_dir} (checkpoint {self.inr2vec.checkpoint}); its decoder would not decode them: "
+                            "re-encode with that model or point inr2vec_dir at the model that encoded them")
+        if self.inr2vec.decoder.latent_dim != data.dim:
+            raise DataError(_latents_json(data.path), f"latent_dim {data.dim} differs from the inr2vec decoder's "
+                            f"{self.inr2vec.decoder.latent_dim} ({inr2vec_dir})")
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        path = self.export(engine.state.iteration)
+        logger.info("generator written to %s", path)
+
+    def reference_stats(self):
+        """The training cohort as the decoder renders it: features, plausibility, masks, latents."""
+        from lgesynth.io import spacing_from_affine
+        from lgesynth.synth.generate import canonical_grid, decode_latents
+        from lgesynth.synth.report import CohortStats
+
+        record = self.inr2vec.record
+        shape, affine, coords = canonical_grid(record)
+        stats = CohortStats(shape, latents=self.data.w.clone())
+        spacing = spacing_from_affine(affine)
+        for rows, images, labels in decode_latents(self.inr2vec.decoder, self.data.w, coords, shape, self.decode_batch):
+            for r, image, label in zip(rows, images, labels):
+                stats.add(self.data.ids[r], image, label, spacing)
+        return stats
+
+    def export(self, iteration: int | None = None) -> Path:
+        """Write the weights, the stats and, last, ``generator.json``; returns its path."""
+        from safetensors.torch import save_file
+
+        from lgesynth.engines.inr2vec import architecture
+
+        d = self.models_dir
+        d.mkdir(parents=True, exist_ok=True)
+        denoiser = self.ema.module.model
+        for key, module in (("denoiser", denoiser), ("decoder", self.inr2vec.decoder)):
+            state = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+            with atomic_path(d / FILES[key]) as tmp:
+                save_file(state, str(tmp))
+        self.data.standardizer.cpu().save(d / FILES["standardizer"])
+        stats = self.reference_stats()
+        stats.save(d, "reference")
+        record = self.inr2vec.record
+        cond = self.data.cond
+        write_json(d / GENERATOR_JSON, {
+            "format": GENERATOR_FORMAT, "version": 1,
+            "denoiser": denoiser_architecture(denoiser), "sigma_data": self.data.sigma_data,
+            "condition": self.data.condition, "sampler": self.sampler,
+            "training_conditions": [] if cond is None else cond.cpu().tolist(),
+            "decoder": architecture(self.inr2vec.encoder, self.inr2vec.decoder)["decoder"],
+            "grid": record["grid"], "z_extent": record["z_extent"], "reference_affine": record["reference_affine"],
+            "files": dict(FILES),
+            "latents": {"path": self.data.path, "count": len(self.data.ids), "dim": self.data.dim,
+                        "encoder_sha256": self.data.encoder_sha256, "ids": self.data.ids},
+            "inr2vec": {"checkpoint": self.inr2vec.checkpoint, "bank": record.get("bank", {})},
+            "reference": {"count": len(stats), "plausible_fraction": stats.plausible_fraction},
+            "training": {"iteration": iteration, "ema_halflife_kimg": self.ema.halflife_kimg, "ema_decay": self.ema.decay,
+                         **self.config}})
+        return d / GENERATOR_JSON

@@ -1,0 +1,323 @@
+"""The edm_synth bundle end to end on a tiny pipeline, and the quality report's checks on hand-made data.
+
+Pipeline (module fixture): 7 conftest cases (6 training, 1 test) on a 24 x 24 x 6 canonical grid ->
+SIRENs of 32 x 2 (60 steps) -> a tiny inr2vec (30 steps) -> ``encode`` -> a tiny EDM trained 20 of
+40 iterations (tracked in MLflow), then the same run again for all 40 (it resumes). Quality does not
+matter here; the files, their keys, determinism and self-containment do. Inference runs from a copy of
+the bundle folder alone, as a user would run it. The conditioning test uses a toy latent set where
+the burden is written into one latent coordinate, in latent space (no decoder). The torchrun (gloo)
+run is ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_tiny_datalist
+from lgesynth.data.validate import check_datalist
+from lgesynth.errors import DataError
+from lgesynth.synth.report import CohortStats, plausibility_problems, quality_report
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "edm_synth" / "configs"
+INR2VEC = REPO / "bundles" / "inr2vec" / "configs"
+GRID = (24, 24, 6)
+EPOCH = 10
+TINY_EDM = dict(denoiser_args={"hidden": 64, "blocks": 2, "emb_dim": 32, "noise_channels": 16,
+                               "noise_embedding": "positional", "dropout": 0.0},
+                batch_size=8, epoch_length=EPOCH, lr=0.002, warmup_steps=5, val_interval=1, log_every=100,
+                num_threads=1, ema_halflife_kimg=0.05, sampler={"num_steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0})
+REPORT_KEYS = {"plausible_fraction", "copies_flagged", "features", "diversity", "memorisation", "num_samples", "rejected"}
+
+
+def _run(configs: Path, config: str, run_id: str | None = None, **override):
+    from monai.bundle import run
+
+    run(run_id, config_file=str(configs / config), logging_file=False, **override)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """Tiny bank -> tiny inr2vec -> latents (as tests/test_inr2vec_bundle.py builds them)."""
+    from lgesynth.engines.inr_fit import InrFitTrainer
+
+    root = tmp_path_factory.mktemp("edm_synth")
+    datalist = write_tiny_datalist(root / "data", n_cases=7)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        InrFitTrainer(datalist, root / "bank", grid={"shape": list(GRID)}, spec={"hidden_features": 32, "hidden_layers": 2},
+                      fit={"max_steps": 60, "points": None, "early_stop": False, "lr": 1e-3}, init={"kind": "seed", "seed": 0},
+                      chunk_subjects=8, progress=False).run_all()
+        inr2vec = root / "inr2vec"
+        _run(INR2VEC, "train.yaml", bank_dir=str(root / "bank"), output_dir=str(inr2vec), steps=30, epoch_length=10,
+             val_fraction=0.0, latent_dim=512, encoder_args={"width": 32, "depth": 2, "pool": "maxmean"},
+             decoder_args={"hidden": 64, "layers": 3, "num_freqs": 5}, subjects_per_batch=4, points=2048, lr=0.01,
+             warmup_steps=2, num_threads=1, log_every=100)
+        _run(INR2VEC, "inference.yaml", "encode", model_dir=str(inr2vec), bank_dir=str(root / "bank"),
+             datalist=str(datalist), output_dir=str(inr2vec), num_threads=1)
+    finally:
+        torch.set_num_threads(n)
+    return {"root": root, "datalist": datalist, "inr2vec": inr2vec}
+
+
+@pytest.fixture(scope="module")
+def trained(upstream):
+    """20 of 40 planned iterations (as if killed, tracked in MLflow), then the same run again for all 40."""
+    root = upstream["root"]
+    out, models = root / "edm", root / "bundle" / "models"
+    common = dict(inr2vec_dir=str(upstream["inr2vec"]), output_dir=str(out), models_dir=str(models), **TINY_EDM)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run(CONFIGS, "train.yaml", steps=20, tracking="mlflow", **common)
+        first = json.loads((out / "train_log.json").read_text())
+        _run(CONFIGS, "train.yaml", steps=40, **common)
+    finally:
+        torch.set_num_threads(n)
+    return {**upstream, "out": out, "models": models, "first": first, "log": json.loads((out / "train_log.json").read_text())}
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_training_resumes_and_exports_a_self_contained_generator(trained):
+    first, log, out, models = trained["first"], trained["log"], trained["out"], trained["models"]
+    assert [e["iteration"] for e in first] == [10, 20]
+    assert [e["iteration"] for e in log] == [10, 20, 30, 40]  # continued at iteration 21, not from scratch
+    assert log[-1]["val_loss"] < log[0]["val_loss"]  # EMA loss at fixed sigmas and noise
+    ckpt = torch.load(out / "checkpoint_epoch=4.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 40 and {"denoiser", "ema", "optimizer", "lr_scheduler"} <= set(ckpt)
+    record = json.loads((models / "generator.json").read_text())
+    assert record["grid"]["shape"] == list(GRID) and record["condition"] == "none" and record["sigma_data"] > 0
+    assert np.asarray(record["reference_affine"]).shape == (4, 4)
+    assert record["latents"]["ids"] == [f"p{i:03d}" for i in range(1, 7)]  # the training section only: p007 is test
+    from safetensors.torch import load_file
+
+    decoder = load_file(str(models / "decoder.safetensors"))
+    assert decoder and not any("encoder" in k for k in decoder)  # only the decoder travels with the bundle
+    ema = load_file(str(models / "edm_ema.safetensors"))
+    assert torch.equal(ema["output.weight"], ckpt["ema"]["module.model.output.weight"])  # exported the EMA weights
+    ref = CohortStats.load(models)
+    assert ref.ids == record["latents"]["ids"] and ref.latents.shape == (6, 512)
+
+
+def test_training_is_tracked_in_mlflow(trained):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{trained['out'] / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    run = runs[0]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20
+    assert run.data.tags["bundle"] == "edm_synth" and run.data.params["condition"] == "none"
+    assert float(run.data.params["sigma_data"]) > 0 and "val_loss" in run.data.metrics
+
+
+def test_latents_of_another_encoder_are_refused(trained, tmp_path):
+    from lgesynth.edm import EMA, EDMPrecond, LatentDenoiser
+    from lgesynth.engines.edm import EdmData, GeneratorExporter
+    from lgesynth.inr2vec.latents import load_latents, save_latents
+
+    lat = load_latents(trained["inr2vec"])
+    lat.encoder_sha256 = "0" * 64
+    save_latents(tmp_path / "lat", lat)
+    data = EdmData(str(tmp_path / "lat"))
+    ema = EMA(EDMPrecond(LatentDenoiser(dim=512, hidden=16, blocks=1)), decay=0.9)
+    with pytest.raises(DataError, match="another encoder") as err:
+        GeneratorExporter(str(tmp_path / "m"), data, ema, str(trained["inr2vec"]))
+    assert str(tmp_path / "lat" / "latents.json") in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ inference
+@pytest.fixture(scope="module")
+def cohort(trained):
+    """Inference from a copy of the bundle folder alone, run as a user would (a separate process)."""
+    where = trained["root"] / "elsewhere"
+    bundle = where / "bundles" / "edm_synth"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    shutil.copytree(trained["models"], bundle / "models")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/edm_synth/configs/inference.yaml",
+           "--num_samples", "6", "--output_dir", "out", "--num_threads", "1", "--batch_size", "4"]
+    done = subprocess.run(cmd, cwd=where, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return where / "out"
+
+
+def test_inference_writes_a_cohort_from_the_bundle_alone(cohort):
+    doc = json.loads((cohort / "datalist.json").read_text())
+    assert len(doc["training"]) + len(doc["rejected"]) == 6 and doc["training"], doc["rejected"]
+    assert all(e["synthetic"] for e in doc["training"]) and all("reason" in e for e in doc["rejected"])
+    assert sorted(e["id"] for e in doc["training"] + doc["rejected"]) == [f"syn_{i:04d}" for i in range(1, 7)]
+    assert check_datalist(cohort / "datalist.json") == []
+    import nibabel as nib
+
+    img = nib.load(str(cohort / doc["training"][0]["image"]))
+    assert img.shape == GRID
+    assert (cohort / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (cohort / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((cohort / "report.json").read_text())
+    assert REPORT_KEYS <= set(report) and report["num_samples"] == 6 and report["rejected"] == len(doc["rejected"])
+    assert {"myocardial_volume_ml", "wall_thickness_mm", "scar_burden"} <= set(report["features"])
+    assert {"ks_statistic", "ks_pvalue"} <= set(report["features"]["myocardial_volume_ml"])
+    assert {"latent_distance", "dice_distance"} <= set(report["diversity"])
+
+
+def test_same_seed_same_samples(trained, tmp_path):
+    for name in ("a", "b"):
+        _run(CONFIGS, "inference.yaml", models_dir=str(trained["models"]), output_dir=str(tmp_path / name),
+             num_samples=2, seed=3, num_threads=1)
+    for sub in ("imagesTr", "labelsTr"):
+        a, b = (tmp_path / n / sub / "syn_0001.nii.gz" for n in "ab")
+        assert a.read_bytes() == b.read_bytes()
+    _run(CONFIGS, "inference.yaml", models_dir=str(trained["models"]), output_dir=str(tmp_path / "c"),
+         num_samples=2, seed=4, num_threads=1)
+    assert (tmp_path / "c/imagesTr/syn_0001.nii.gz").read_bytes() != (tmp_path / "a/imagesTr/syn_0001.nii.gz").read_bytes()
+
+
+def test_unconditional_generator_refuses_a_condition(trained):
+    from lgesynth.synth import Generator
+
+    gen = Generator(trained["models"])
+    assert gen.conditions(3)[0] is None
+    with pytest.raises(DataError, match="generator.json: this generator is unconditional"):
+        gen.conditions(2, scar_burden=[0.1, 0.3])
+
+
+def test_evaluate_reports_a_cohort_and_logs_the_figures(trained, cohort, tmp_path):
+    import mlflow
+
+    _run(CONFIGS, "evaluate.yaml", models_dir=str(trained["models"]), cohort=str(cohort / "datalist.json"),
+         output_dir=str(tmp_path), reference_datalist=str(trained["datalist"]), num_threads=1, tracking="mlflow")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert REPORT_KEYS - {"rejected"} <= set(report) and report["num_reference"] == 6
+    assert report["reference_plausible_fraction"] == 1.0  # the conftest rings are plausible
+    assert report["features"]["contrast_blood_remote"]["reference_mean"] > 0.3  # blood 600 vs myocardium 150
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and "plausible_fraction" in runs[0].data.metrics
+    assert {"report.png", "report.json"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+# ------------------------------------------------------------------------------------------ checks on hand-made masks
+def _rings(shape=(40, 40, 6), radii=((14, 9), (13, 8), (12, 7), (10, 5))) -> np.ndarray:
+    """Rings on slices 1..4 tapering towards slice 4 (the apex at the high index; the base is slice 1)."""
+    x, y = np.meshgrid(np.arange(shape[0]) - shape[0] / 2 + 0.5, np.arange(shape[1]) - shape[1] / 2 + 0.5, indexing="ij")
+    r = np.hypot(x, y)
+    myo = np.zeros(shape, dtype=bool)
+    for k, (outer, inner) in zip(range(1, 5), radii):
+        myo[..., k] = (r <= outer) & (r >= inner)
+    return myo
+
+
+def _open(myo: np.ndarray, k: int) -> np.ndarray:
+    """Cut a gap through the ring of slice ``k`` (a C shape)."""
+    myo = myo.copy()
+    myo[myo.shape[0] // 2:, myo.shape[1] // 2 - 1: myo.shape[1] // 2 + 2, k] = False
+    return myo
+
+
+def test_plausibility_passes_rings_and_fails_broken_anatomy():
+    myo = _rings()
+    assert plausibility_problems(myo) == []
+    assert plausibility_problems(_open(myo, 1)) == []                        # open ring at the basal slice: allowed
+    assert any("slice 2: myocardium encloses no cavity" in p for p in plausibility_problems(_open(myo, 2)))
+    two = myo.copy()
+    two[1:6, 1:6, 3] = True                                                  # a detached blob (10 % of the ring)
+    assert any("slice 3: myocardium in 2 pieces" in p for p in plausibility_problems(two))
+    speck = myo.copy()
+    speck[1, 1, 3] = True                                                    # one stray voxel: decoding noise
+    assert plausibility_problems(speck) == []
+    scar = np.zeros_like(myo)
+    scar[1:3, 1:3, 2] = True                                                 # scar outside the myocardium
+    assert any("scar voxels outside the myocardium" in p for p in plausibility_problems(myo, scar))
+    assert plausibility_problems(myo, myo & (np.arange(40)[:, None, None] > 30)) == []
+    # a flipped stack (base at the high index) moves the allowance with the anatomy
+    flipped = myo[..., ::-1]
+    assert plausibility_problems(_open(flipped, 4)) == [] and plausibility_problems(_open(flipped, 3)) != []
+
+
+def _stats(masks: list[np.ndarray], latents: torch.Tensor, prefix: str) -> CohortStats:
+    stats = CohortStats(masks[0].shape, latents=latents)
+    for i, m in enumerate(masks):
+        label = m.astype(np.uint8)
+        stats.add(f"{prefix}{i}", np.where(m, 0.0, 1.0).astype(np.float32), label, (1.5, 1.5, 8.0))
+    return stats
+
+
+def test_memorisation_flags_a_copy_and_not_a_distinct_sample():
+    radii = [((14 - d, 9 - d), (13 - d, 8 - d), (12 - d, 7 - d), (10 - d, 5 - d)) for d in range(0, 5)]
+    train_masks = [np.roll(_rings(radii=r), 2 * i, axis=0) for i, r in enumerate(radii)]
+    g = torch.Generator().manual_seed(0)
+    train_lat = torch.randn(len(train_masks), 16, generator=g) * 3
+    reference = _stats(train_masks, train_lat, "t")
+    distinct = np.roll(_rings(radii=((15, 8), (14, 7), (13, 6), (11, 4))), -3, axis=1)
+    samples = _stats([train_masks[2], distinct], torch.stack([train_lat[2], torch.randn(16, generator=g) * 3]), "s")
+    report = quality_report(samples, reference)
+    mem = report["memorisation"]
+    assert report["copies_flagged"] == 1 and mem["copies"] == ["s0"], mem
+    assert mem["per_sample"][0]["nn_latent"] == "t2" and mem["per_sample"][0]["nn_image_distance"] == 0.0
+    assert report["plausible_fraction"] == 1.0 and report["diversity"]["dice_distance"]["min"] > 0
+
+
+# ------------------------------------------------------------------------------------------ conditioning (toy)
+def test_conditional_model_follows_the_requested_burden(tmp_path):
+    """Toy latents: coordinate 0 = 4 * burden + noise, the rest noise; a burden-conditioned EDM asked for
+    high burden must put coordinate 0 higher than when asked for low burden."""
+    from lgesynth.edm import EMA, EDMLoss, EDMPrecond, LatentDenoiser, edm_sampler
+    from lgesynth.engines.edm import EdmData, EdmTrainer
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    rng = np.random.default_rng(0)
+    n, dim = 96, 8
+    burden = rng.uniform(0.0, 0.4, n)
+    w = rng.normal(0.0, 0.3, (n, dim))
+    w[:, 0] = 4 * burden + rng.normal(0.0, 0.05, n)
+    subjects = [{"id": f"t{i:03d}", "section": "training", "scar_burden": float(b), "has_scar": bool(b > 0)} for i, b in enumerate(burden)]
+    save_latents(tmp_path, Latents(torch.tensor(w, dtype=torch.float32), subjects))
+    data = EdmData(str(tmp_path), condition="burden")
+    assert data.cond_dim == 1
+    torch.manual_seed(0)
+    net = EDMPrecond(LatentDenoiser(dim=dim, hidden=64, blocks=2, cond_dim=1, emb_dim=32, noise_channels=16), data.sigma_data)
+    ema = EMA(net, halflife_kimg=0.5, batch_size=32)
+    loss = EDMLoss(sigma_data=data.sigma_data, p_uncond=0.1)
+    EdmTrainer(data, net, ema, torch.optim.Adam(net.parameters(), lr=3e-3), loss, steps=400, epoch_length=100,
+               batch_size=32).run_all()
+    coord0 = {}
+    for level in (0.05, 0.35):
+        cond = torch.full((64, 1), level)
+        z = edm_sampler(ema.module.eval(), (64, dim), num_steps=16, cond=cond, guidance=1.5,
+                        generator=torch.Generator().manual_seed(1))
+        coord0[level] = float(data.standardizer.destandardize(z)[:, 0].mean())
+    assert coord0[0.35] - coord0[0.05] > 0.5, coord0  # 4 * 0.3 = 1.2 apart in the data
+
+
+# ------------------------------------------------------------------------------------------ DDP
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(upstream, tmp_path):
+    out = tmp_path / "ddp"
+    files = "['" + str(CONFIGS / "train.yaml") + "','" + str(CONFIGS / "multi_gpu_train.yaml") + "']"
+    args = {**TINY_EDM, "steps": 20, "inr2vec_dir": str(upstream["inr2vec"]), "output_dir": str(out), "models_dir": str(out)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", files] + [x for k, v in args.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, dict) else str(v))]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = json.loads((out / "train_log.json").read_text())
+    assert [e["iteration"] for e in log] == [10, 20]
+    assert (out / "model_final.pt").is_file() and (out / "generator.json").is_file()
