@@ -16,7 +16,7 @@ from lgesynth.io import load_nifti, spacing_from_affine
 from lgesynth.viz import mid_slice, save_montage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CASES = [("ischemic", 0), ("ischemic", 1), ("ischemic", 2), ("nonischemic", 0), ("nonischemic", 1), ("none", 0)]
+CASES = [("ischemic", 0), ("ischemic", 1), ("ischemic", 2), ("non_ischemic", 0), ("non_ischemic", 1), ("none", 0)]
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ from lgesynth.data.datalist import stratified_split, write_datalist
 from lgesynth.data.labels import compose_label
 from lgesynth.io import save_nifti, write_json
 
-PATTERN_PROBS = {"ischemic": 0.60, "nonischemic": 0.15, "none": 0.25}
+PATTERN_PROBS = {"ischemic": 0.60, "non_ischemic": 0.15, "none": 0.25}
 TERRITORY_PROBS = {"LAD": 0.45, "RCA": 0.35, "LCx": 0.20}
 # territory centres: AHA angle range (deg) and relative level range (0 base, 1 apex)
 TERRITORIES = {"LAD": ((15.0, 110.0), (0.45, 0.95)), "RCA": ((-110.0, -15.0), (0.15, 0.65)),
@@ -256,7 +256,7 @@ def sample_subject(rng: np.random.Generator, pattern: str | None = None) -> Phan
 
     Args:
         rng: the subject's generator (e.g. ``np.random.default_rng([seed, index])``).
-        pattern: force ``"ischemic"``, ``"nonischemic"`` or ``"none"``; default: drawn with
+        pattern: force ``"ischemic"``, ``"non_ischemic"`` or ``"none"``; default: drawn with
             ``PATTERN_PROBS``.
     Returns:
         :class:`PhantomSubject`; ``params`` holds the drawn parameters (module docstring) plus the
