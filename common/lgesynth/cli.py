@@ -1,6 +1,6 @@
 """The ``lgesynth`` command line (python-fire).
 
-Commands: ``phantom``, ``import-emidec``, ``import-masks``, ``check-data``, ``stats``.
+Commands: ``phantom``, ``import-emidec``, ``import-masks``, ``check-data``, ``stats``, ``experiment``.
 Each is a thin wrapper over a function in the library, so everything here is also callable from
 Python and from bundle configs.
 """
@@ -20,6 +20,7 @@ def _commands() -> dict:
         "import_masks": commands.import_masks,
         "check_data": commands.check_data,
         "stats": commands.stats,
+        "experiment": commands.experiment,
     }
 
 

@@ -85,3 +85,36 @@ def stats(*datalists: str, out: str | None = None) -> None:
     else:
         names = [Path(d).parent.name or str(d) for d in datalists]
         print(compare_table(prints[0], prints[1], names[:2]) if len(prints) == 2 else "\n".join(fingerprint_table(p) for p in prints))
+
+
+def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str = "cpu", budget_minutes: float | None = None,
+               synthetic_ratio=0.5, tracking_uri: str | None = None, experiment_name: str = "scar_seg_experiment",
+               plan: str | None = None, num_workers: int | None = None) -> None:
+    """Baseline (real only) vs augmented (real + synthetic) scar_seg, same plan, seeds and budget.
+
+    Trains and evaluates both arms per seed through the scar_seg bundle configs, tracked in one MLflow
+    experiment (default ``sqlite:///OUT/mlruns.db``), then writes OUT/comparison.json, .md and .png
+    (paired over the real test cases). Run again to resume: finished arms are skipped.
+
+    Args:
+        real: datalist with "training" and "test" sections (the test set of both arms).
+        synthetic: the synthetic cohort's datalist (edm_synth), used for training only.
+        out: experiment folder.
+        seeds: comma-separated seeds, e.g. 0,1,2.
+        preset: planning preset (smoke | cpu | paper) for OUT/plan.json when it is made.
+        budget_minutes: training budget per arm (default: the preset's).
+        synthetic_ratio: the augmented arm's synthetic share of samples, in [0, 1], or "all".
+        tracking_uri: MLflow tracking URI.
+        experiment_name: MLflow experiment name.
+        plan: an existing plan.json to use for both arms instead of planning.
+        num_workers: data loader workers of the training config.
+    """
+    import logging
+
+    from lgesynth.seg.experiment import run_experiment
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    run_experiment(real, synthetic, out, seeds=seeds, preset=preset, budget_minutes=budget_minutes,
+                   synthetic_ratio=synthetic_ratio, tracking_uri=tracking_uri, experiment_name=experiment_name,
+                   plan=plan, num_workers=num_workers)
