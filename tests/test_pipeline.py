@@ -68,3 +68,17 @@ def test_rerun_after_a_stop_in_inr2vec_does_not_refit_the_inrs(tiny_run):
     assert (bank.stat().st_mtime_ns, bank.read_bytes()) == before  # INRs not refitted
     record = json.loads((out / ".stages" / "inr_fit.json").read_text())
     assert times["inr_fit"] == record["seconds"]  # reported from the record, not re-run
+
+
+def test_compare_lists_every_stage_run_and_report_is_self_contained(tiny_run):
+    from lgesynth.compare import compare_runs
+    from lgesynth.report import write_report
+
+    out = tiny_run["out"]
+    table = compare_runs(f"sqlite:///{out / 'mlruns.db'}", "lgesynth_tiny", ["psnr_mean", "psnr_test"])
+    for name in ("inr_fit_train", "inr_fit_evaluate", "inr2vec_train", "inr2vec_evaluate"):
+        assert name in table
+    assert "psnr_mean" in table.splitlines()[0]
+    page = write_report(out).read_text()
+    assert "INR fit quality" in page and "Round trip" in page
+    assert "data:image/png;base64," in page  # images inlined, nothing linked

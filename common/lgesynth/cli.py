@@ -21,6 +21,8 @@ def _commands() -> dict:
         "check_data": commands.check_data,
         "stats": commands.stats,
         "experiment": commands.experiment,
+        "pipeline": commands.pipeline,
+        "compare": commands.compare,
     }
 
 

@@ -118,3 +118,43 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
     run_experiment(real, synthetic, out, seeds=seeds, preset=preset, budget_minutes=budget_minutes,
                    synthetic_ratio=synthetic_ratio, tracking_uri=tracking_uri, experiment_name=experiment_name,
                    plan=plan, num_workers=num_workers)
+
+
+def pipeline(data: str | None = None, out: str = "runs/pipeline", preset: str = "smoke", tracking_uri: str | None = None,
+             experiment_name: str | None = None, stages: str | None = None) -> None:
+    """The main job: inr_fit -> inr2vec -> edm_synth -> scar_seg experiment -> report.html.
+
+    Args:
+        data: a datalist (e.g. from ``lgesynth import-emidec``); default: a fresh phantom cohort.
+        out: output folder; run again to resume (finished stages are skipped).
+        preset: smoke | cpu | paper, or the path of a copied and edited preset YAML.
+        tracking_uri: MLflow tracking URI (default ``sqlite:///OUT/mlruns.db``).
+        experiment_name: MLflow experiment (default ``lgesynth_<preset>``).
+        stages: comma-separated subset, e.g. ``data,inr_fit``.
+    """
+    import logging
+
+    from lgesynth.pipeline import run_pipeline
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    times = run_pipeline(out, preset, data, tracking_uri, experiment_name, stages)
+    print(f"pipeline done in {Path(out)}: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
+    print(f"report: {Path(out) / 'report.html'}")
+
+
+def compare(experiment: str | None = None, tracking_uri: str = "sqlite:///runs/pipeline/mlruns.db",
+            metrics: str = "psnr_mean,dice_myo_mean,dice_scar_mean,psnr_test,dice_myo_test,dice_scar_test,"
+                           "plausible_fraction,copies_flagged,test_dice_myo,test_dice_scar",
+            png: str | None = None) -> None:
+    """Print (and optionally plot) the runs of an MLflow experiment side by side, from MLflow's API.
+
+    Args:
+        experiment: experiment name (default: every experiment in the store).
+        tracking_uri: the store, e.g. ``sqlite:///runs/pipeline/mlruns.db``.
+        metrics: comma-separated metric keys to show when present.
+        png: write a bar chart of the shown metrics per run to this path.
+    """
+    from lgesynth.compare import compare_runs
+
+    print(compare_runs(tracking_uri, experiment, [m for m in metrics.split(",") if m], png))

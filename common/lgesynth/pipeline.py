@@ -150,6 +150,14 @@ class Pipeline:
                         bank_dir=str(bank), datalist=str(self.datalist), **o.get("encode", {}))
         self.run_bundle("inr2vec", "evaluate.yaml", model_dir=str(model_dir), bank_dir=str(bank), **o.get("evaluate", {}))
 
+    def _edm_synth(self) -> None:
+        o = self.preset.get("edm_synth", {})
+        models = self.out / "edm_synth" / "models"
+        self.run_bundle("edm_synth", "train.yaml", inr2vec_dir=str(self.out / "inr2vec"), output_dir=str(self.out / "edm_synth"),
+                        models_dir=str(models), **o.get("train", {}))
+        self.run_bundle("edm_synth", "inference.yaml", models_dir=str(models), output_dir=str(self.out / "synthetic"),
+                        reference_datalist=str(self.datalist), **o.get("inference", {}))
+
     def run(self) -> dict:
         """Run every stage not yet done; returns the wall time per stage (s)."""
         from tqdm import tqdm
@@ -161,6 +169,8 @@ class Pipeline:
             ("inr_fit", {"data": str(self.datalist), **p.get("inr_fit", {})}, [self.out / "inr_fit" / "inr_bank.json"], self._inr_fit),
             ("inr2vec", {"data": str(self.datalist), **p.get("inr2vec", {})}, [self.out / "inr2vec" / "latents.json"], self._inr2vec),
         ]
+        plan.append(("edm_synth", {"data": str(self.datalist), **p.get("edm_synth", {})},
+                     [self.out / "synthetic" / "datalist.json", self.out / "synthetic" / "report.json"], self._edm_synth))
         plan += self._later_stages()
         bar = tqdm(plan, desc="pipeline", unit="stage")
         for name, settings, outputs, body in bar:
@@ -169,9 +179,25 @@ class Pipeline:
         write_json(self.out / "stage_times.json", self.times)
         return self.times
 
+    def _scar_seg(self) -> None:
+        from lgesynth.seg.experiment import run_experiment
+
+        o = dict(self.preset.get("scar_seg", {}).get("experiment", {}))
+        run_experiment(self.datalist, self.out / "synthetic" / "datalist.json", self.out / "experiment",
+                       tracking_uri=self.tracking_uri, experiment_name=self.experiment_name, **o)
+
+    def _report(self) -> None:
+        from lgesynth.report import write_report
+
+        write_json(self.out / "stage_times.json", self.times)
+        write_report(self.out, f"lgesynth pipeline: {self.preset.get('name')} preset on {self.dataset}")
+
     def _later_stages(self) -> list:
-        """edm_synth, scar_seg and report stages (wired as their bundles land)."""
-        return []
+        p = self.preset
+        return [
+            ("scar_seg", {"data": str(self.datalist), **p.get("scar_seg", {})}, [self.out / "experiment" / "comparison.json"], self._scar_seg),
+            ("report", {"always": time.time()}, [self.out / "report.html"], self._report),
+        ]
 
 
 def run_pipeline(out: str, preset: str = "smoke", data: str | None = None, tracking_uri: str | None = None,
