@@ -120,3 +120,34 @@ def lge_pair(tmp_path) -> tuple[Path, Path]:
 def tiny_datalist(tmp_path) -> Path:
     """A 4-case datalist (3 training, 1 test; p001 and p003 with scar) under ``tmp_path / "tiny"``."""
     return write_tiny_datalist(tmp_path / "tiny")
+
+
+def grid_coords(shape, z_extent: float = 0.5):
+    """Voxel-centre coordinates of a small grid, (X*Y*Z, 3), z in (-z_extent, z_extent) (as canonical_coords)."""
+    import torch
+
+    axes = [(torch.arange(n) * 2 + 1) / n - 1.0 for n in shape]
+    axes[2] = axes[2] * z_extent
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def ring_targets(n: int, shape, seed: int = 0, radius=(0.35, 0.1), wedge: float = 1.2):
+    """INR fitting targets ``(n, X*Y*Z, 3)`` of tiny ring phantoms: intensity in [-1, 1], myocardium,
+    scar (a wedge of ``wedge`` radians on odd subjects); radius ``radius[0] + radius[1] * U(0, 1)``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    c = grid_coords(shape, 1.0)
+    x, y = c[:, 0], c[:, 1]
+    r, th = torch.sqrt(x**2 + y**2), torch.atan2(y, x)
+    out = []
+    for i in range(n):
+        r0 = radius[0] + radius[1] * torch.rand(1, generator=g)
+        myo = (r > r0) & (r < r0 + 0.25)
+        scar = myo & (th.sub(i).remainder(6.283) < wedge) & torch.tensor(i % 2 == 1)
+        img = 0.3 * torch.sin(2 * x + i) * torch.cos(3 * y) - 0.2
+        img = torch.where(r < r0, 0.6, img)
+        img = torch.where(myo, -0.6, img)
+        img = torch.where(scar, 0.8, img)
+        out.append(torch.stack([img, myo.float(), scar.float()], -1))
+    return torch.stack(out)

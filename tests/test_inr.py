@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from conftest import grid_coords, ring_targets
+
 from lgesynth.errors import DataError
 from lgesynth.inr import (
     BatchFitter, FitConfig, InrBank, MetaConfig, SineFn, Siren, SirenSpec, Workspace, batched_forward, fit, init_params,
@@ -30,28 +32,12 @@ def _one_thread():
 
 
 def _coords(shape=SHAPE, z_extent=0.5):
-    axes = [(torch.arange(n) * 2 + 1) / n - 1.0 for n in shape]
-    axes[2] = axes[2] * z_extent
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return grid_coords(shape, z_extent)
 
 
 def _cohort(n=3, shape=SHAPE, seed=0):
-    """Tiny volumes: a blurred ring 'myocardium' with a scar wedge (odd subjects) on a smooth background."""
-    g = torch.Generator().manual_seed(seed)
-    c = _coords(shape, 1.0)
-    x, y = c[:, 0], c[:, 1]
-    r, th = torch.sqrt(x**2 + y**2), torch.atan2(y, x)
-    out = []
-    for i in range(n):
-        r0 = 0.35 + 0.1 * torch.rand(1, generator=g)
-        myo = (r > r0) & (r < r0 + 0.25)
-        scar = myo & (th.sub(i).remainder(6.283) < 1.2) & torch.tensor(i % 2 == 1)
-        img = 0.3 * torch.sin(2 * x + i) * torch.cos(3 * y) - 0.2
-        img = torch.where(r < r0, 0.6, img)
-        img = torch.where(myo, -0.6, img)
-        img = torch.where(scar, 0.8, img)
-        out.append(torch.stack([img, myo.float(), scar.float()], -1))
-    return torch.stack(out)
+    """Ring 'myocardium', scar wedge on odd subjects, smooth background (conftest.ring_targets)."""
+    return ring_targets(n, shape, seed, radius=(0.35, 0.1), wedge=1.2)
 
 
 def test_init_identical_across_subjects_and_follows_siren_bounds():

@@ -8,6 +8,8 @@ import functools
 import pytest
 import torch
 
+from conftest import grid_coords, ring_targets
+
 from lgesynth.errors import DataError
 from lgesynth.inr import FitConfig, InrBank, SirenSpec, fit, forward_chunked, init_params, seed_init, stack_params
 from lgesynth.inr2vec import (
@@ -28,28 +30,12 @@ def _one_thread():
 
 
 def _coords(shape=SHAPE, z_extent=0.5):
-    axes = [(torch.arange(n) * 2 + 1) / n - 1.0 for n in shape]
-    axes[2] = axes[2] * z_extent
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return grid_coords(shape, z_extent)
 
 
 def _cohort(n=6, shape=SHAPE, seed=0):
-    """Ring 'myocardium' of varying radius, scar wedge on odd subjects, smooth background."""
-    g = torch.Generator().manual_seed(seed)
-    c = _coords(shape, 1.0)
-    x, y = c[:, 0], c[:, 1]
-    r, th = torch.sqrt(x**2 + y**2), torch.atan2(y, x)
-    out = []
-    for i in range(n):
-        r0 = 0.3 + 0.2 * torch.rand(1, generator=g)
-        myo = (r > r0) & (r < r0 + 0.25)
-        scar = myo & (th.sub(i).remainder(6.283) < 1.5) & torch.tensor(i % 2 == 1)
-        img = 0.3 * torch.sin(2 * x + i) * torch.cos(3 * y) - 0.2
-        img = torch.where(r < r0, 0.6, img)
-        img = torch.where(myo, -0.6, img)
-        img = torch.where(scar, 0.8, img)
-        out.append(torch.stack([img, myo.float(), scar.float()], -1))
-    return torch.stack(out)
+    """Ring 'myocardium', scar wedge on odd subjects, smooth background (conftest.ring_targets)."""
+    return ring_targets(n, shape, seed, radius=(0.3, 0.2), wedge=1.5)
 
 
 def _random_bank(spec=TINY, subjects=4, seed=0):

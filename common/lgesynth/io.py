@@ -49,6 +49,23 @@ def write_json(path: str | Path, obj) -> Path:
     return Path(path)
 
 
+def write_csv(path: str | Path, rows: list[dict], columns: list[str] | tuple[str, ...] | None = None,
+              float_format: str | None = "{:.4f}") -> Path:
+    """Write rows as CSV atomically; ``columns`` default to the first row's keys (extra keys dropped)."""
+    import csv
+    import io as _io
+
+    buffer = _io.StringIO()
+    if rows or columns:
+        writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (float_format.format(v) if float_format and isinstance(v, float) else v) for k, v in row.items()})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return Path(path)
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)

@@ -13,8 +13,6 @@ encoder has another checksum refuses them.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from lgesynth.inr2vec.latents import LATENTS_JSON, Latents, load_latents, save_l
 from lgesynth.inr2vec.probe import linear_probe_accuracy
 from lgesynth.inr2vec.train import Inr2VecModel, encode_bank
 from lgesynth.engines.inr2vec import MODEL_FORMAT, MODEL_JSON
-from lgesynth.io import atomic_path, save_nifti, write_json
+from lgesynth.io import save_nifti, write_csv, write_json
 
 COLUMNS = ("id", "section", "psnr", "ssim", "dice_myo", "dice_scar")
 CHECKPOINT_ORDER = ("model_best.pt", "model_final.pt")
@@ -276,13 +274,7 @@ class Inr2VecEvaluator(Engine):
 
     def write(self) -> dict:
         """CSV, summary JSON and montage, each written atomically; returns the summary."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-        with atomic_path(self.output_dir / "inr2vec_metrics.csv") as tmp:
-            tmp.write_text(buf.getvalue())
+        write_csv(self.output_dir / "inr2vec_metrics.csv", self.rows, COLUMNS)
         summary = self.summary()
         write_json(self.output_dir / "inr2vec_metrics.json", {k: (None if isinstance(v, float) and v != v else v)
                                                               for k, v in summary.items()})

@@ -10,8 +10,6 @@ MONAI's MLFlowHandler (``--tracking mlflow``) logs it.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonica
 from lgesynth.inr.bank import load_bank
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.render import render_volume
-from lgesynth.io import atomic_path, write_json
+from lgesynth.io import write_csv, write_json
 
 COLUMNS = ("id", "section", "psnr", "ssim", "dice_myo", "dice_scar", "steps")
 
@@ -101,13 +99,7 @@ class InrBankEvaluator(Engine):
 
     def write(self) -> dict:
         """Write the CSV and summary JSON atomically; returns the summary."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-        with atomic_path(self.output_dir / "fit_metrics.csv") as tmp:
-            tmp.write_text(buf.getvalue())
+        write_csv(self.output_dir / "fit_metrics.csv", self.rows, COLUMNS)
         summary = summarise(self.rows, self.targets)
         write_json(self.output_dir / "fit_summary.json", summary)
         return summary

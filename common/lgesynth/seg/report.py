@@ -19,15 +19,13 @@ after it (``--tracking mlflow``) logs them.
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from lgesynth.data.labels import myocardium_mask, scar_mask
-from lgesynth.io import atomic_path, load_nifti, spacing_from_affine, write_json
+from lgesynth.io import atomic_path, load_nifti, spacing_from_affine, write_csv, write_json
 from lgesynth.seg.metrics import regional_metrics
 from lgesynth.seg.regions import myocardial_slices, resolve_axis
 
@@ -47,15 +45,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def write_metrics_csv(path: str | Path, rows: list[dict]) -> Path:
-    """``id`` and every metric key, one row per case, atomically."""
-    buffer = _io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
-    return Path(path)
+    """``id`` and every metric key, one row per case, atomically (full float precision)."""
+    return write_csv(path, rows, float_format=None)
 
 
 def mid_myocardial_slice(label: np.ndarray, axis: int) -> int:
