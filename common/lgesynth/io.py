@@ -66,6 +66,26 @@ def write_csv(path: str | Path, rows: list[dict], columns: list[str] | tuple[str
     return Path(path)
 
 
+def read_json(path: str | Path):
+    """Parse a JSON file; a file that is not valid JSON raises DataError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)

@@ -6,13 +6,12 @@ plus optional keys (``"synthetic": true``, ``"scar": true``, ``"pattern": "ische
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from lgesynth.errors import DataError
-from lgesynth.io import write_json
+from lgesynth.io import read_json, write_json
 
 SECTIONS = ("training", "validation", "test")
 
@@ -30,10 +29,7 @@ def load_datalist(path: str | Path, sections: tuple[str, ...] | str | None = Non
     path = Path(path)
     if not path.exists():
         raise DataError(path, "datalist not found")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise DataError(path, 'expected an object like {"training": [...], "test": [...]}')
     if isinstance(sections, str):

@@ -27,7 +27,7 @@ import torch
 
 from lgesynth.errors import DataError
 from lgesynth.inr.siren import SirenSpec, param_names
-from lgesynth.io import atomic_path, write_json
+from lgesynth.io import atomic_path, file_sha256, read_json, write_json
 
 FORMAT = "lgesynth.inr_bank"
 VERSION = 1
@@ -49,14 +49,6 @@ def params_sha256(params: list[torch.Tensor], spec: SirenSpec) -> str:
 def seed_init(seed: int) -> dict:
     """The ``init`` record of a bank fitted from the plain SIREN init of ``seed``."""
     return {"kind": "seed", "seed": int(seed)}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _bank_dir(path: str | Path) -> Path:
@@ -139,7 +131,7 @@ def save_bank(bank: InrBank, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     with atomic_path(d / BANK_WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in bank.weights.items()}, str(tmp), metadata={"format": FORMAT})
-        sha = _file_sha256(tmp)
+        sha = file_sha256(tmp)
     doc = {"format": FORMAT, "version": VERSION, "architecture": bank.spec.to_dict(), "init": bank.init,
            "fit": bank.fit, "weights_sha256": sha, "count": len(bank), "subjects": bank.subjects}
     write_json(d / BANK_JSON, doc)
@@ -163,10 +155,7 @@ def load_bank(directory: str | Path, spec: SirenSpec | None = None, init: dict |
     for p in (jpath, wpath):
         if not p.exists():
             raise DataError(p, "INR bank file not found (a bank is inr_bank.json + inr_bank.safetensors in one folder)")
-    try:
-        doc = json.loads(jpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(jpath, f"not valid JSON ({exc})") from None
+    doc = read_json(jpath)
     if doc.get("format") != FORMAT:
         raise DataError(jpath, f"not an INR bank (format {doc.get('format')!r}, expected {FORMAT!r})")
     try:
@@ -179,7 +168,7 @@ def load_bank(directory: str | Path, spec: SirenSpec | None = None, init: dict |
     if init is not None and not same_init(doc.get("init", {}), init):
         raise DataError(jpath, f"init {_init_str(doc.get('init', {}))} differs from the expected {_init_str(init)}; "
                         "all INRs of a bank must start from one init")
-    if doc.get("weights_sha256") and _file_sha256(wpath) != doc["weights_sha256"]:
+    if doc.get("weights_sha256") and file_sha256(wpath) != doc["weights_sha256"]:
         raise DataError(wpath, "does not match inr_bank.json (checksum differs): the pair is torn or mixed; refit or restore both")
     if doc.get("init", {}).get("kind") == "meta":
         load_init(d, doc["init"], bank_spec)  # verifies the stored init's checksum

@@ -15,7 +15,6 @@ Two files in one folder, written atomically (the JSON last: it commits the pair)
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from lgesynth.errors import DataError
-from lgesynth.io import atomic_path, write_json
+from lgesynth.io import atomic_path, file_sha256, read_json, write_json
 
 FORMAT = "lgesynth.latents"
 VERSION = 1
@@ -77,10 +76,6 @@ def _dir(path: str | Path) -> Path:
     return path.parent if path.name in (LATENTS_WEIGHTS, LATENTS_JSON) else path
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_latents(directory: str | Path, latents: Latents) -> Path:
     """Write ``latents.safetensors`` then ``latents.json`` into ``directory``; returns the folder."""
     from safetensors.torch import save_file
@@ -91,7 +86,7 @@ def save_latents(directory: str | Path, latents: Latents) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     with atomic_path(d / LATENTS_WEIGHTS) as tmp:
         save_file({"latents": z}, str(tmp), metadata={"format": FORMAT})
-        sha = _file_sha256(tmp)
+        sha = file_sha256(tmp)
     doc = {"format": FORMAT, "version": VERSION, "latent_dim": int(z.shape[1]), "count": int(z.shape[0]),
            "encoder_sha256": latents.encoder_sha256, "weights_sha256": sha, "source": latents.source,
            "subjects": latents.subjects}
@@ -114,13 +109,10 @@ def load_latents(path: str | Path) -> Latents:
         if not p.exists():
             raise DataError(p, "latents file not found (latents are latents.json + latents.safetensors in one folder; "
                             "write them with the inr2vec bundle's `encode`)")
-    try:
-        doc = json.loads(jpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(jpath, f"not valid JSON ({exc})") from None
+    doc = read_json(jpath)
     if doc.get("format") != FORMAT:
         raise DataError(jpath, f"not a latents file (format {doc.get('format')!r}, expected {FORMAT!r})")
-    if doc.get("weights_sha256") and _file_sha256(wpath) != doc["weights_sha256"]:
+    if doc.get("weights_sha256") and file_sha256(wpath) != doc["weights_sha256"]:
         raise DataError(wpath, "does not match latents.json (checksum differs): the pair is torn or mixed; re-encode")
     z = load_file(str(wpath)).get("latents")
     want = (len(doc.get("subjects", [])), doc.get("latent_dim"))
