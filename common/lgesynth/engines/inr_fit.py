@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from lgesynth.inr.bank import BANK_JSON, INIT_FILE, bank_from_fit, load_bank, lo
 from lgesynth.inr.fit import FitConfig, fit
 from lgesynth.inr.meta_init import MetaConfig, meta_learn_init
 from lgesynth.inr.siren import SirenSpec, init_params
+from lgesynth.io import read_json, write_json
 
 logger = logging.getLogger("lgesynth.inr_fit")
 
@@ -74,8 +74,7 @@ class InrFitTrainer(Engine):
     def __init__(self, datalist: str, output_dir: str, grid: dict | CanonicalGrid | None = None,
                  spec: dict | SirenSpec | None = None, fit: dict | None = None, init: dict | None = None,
                  chunk_subjects: int = 16, sections=None, device: str | torch.device = "cpu",
-                 train_handlers=(), progress: bool = True, max_subjects: int | None = None,
-                 shard: tuple[int, int] | None = None):
+                 train_handlers=(), progress: bool = True, shard: tuple[int, int] | None = None):
         super().__init__(self._process)
         self.datalist, self.output_dir = str(datalist), Path(output_dir)
         self.grid = grid if isinstance(grid, CanonicalGrid) else CanonicalGrid.from_dict(grid)
@@ -85,8 +84,7 @@ class InrFitTrainer(Engine):
         self.chunk_subjects, self.device, self.progress = int(chunk_subjects), torch.device(device), progress
         self.shard = shard  # (rank, world): fit only subjects rank::world (multi_gpu_train.yaml)
         self.cohort: CanonicalCohort = load_canonical_cohort(self.datalist, self.grid, sections=sections, progress=progress)
-        if max_subjects:
-            self.cohort.entries, self.cohort.cases = self.cohort.entries[:max_subjects], self.cohort.cases[:max_subjects]
+        self.coords = self.cohort.coords().to(self.device)  # (X*Y*Z, 3), shared by every subject and chunk
         self.digest = settings_digest(self.spec, self.grid, self.fit_config, self.cohort.z_extent)
         self.init_record, self.init_params = None, None
         self.pending: list[list[int]] = []
@@ -111,18 +109,16 @@ class InrFitTrainer(Engine):
         meta_cfg = MetaConfig(**{k: v for k, v in cfg.items() if k in MetaConfig.__dataclass_fields__})
         record_path = self.output_dir / "inr_init.json"
         if (self.output_dir / INIT_FILE).exists() and record_path.exists():
-            record = json.loads(record_path.read_text())
+            record = read_json(record_path)
             if record.get("made_with") == {"meta": meta_cfg.to_dict(), "digest": self.digest}:
                 return load_init(self.output_dir, record, self.spec), record
         train_idx = [i for i, e in enumerate(self.cohort.entries) if e.get("section") == "training"] or list(range(len(self.cohort)))
         logger.info("meta-learning the shared init (Reptile) on %d training subjects", len(train_idx))
         t0 = time.perf_counter()
-        theta, meta_record = meta_learn_init(self.cohort.targets(train_idx).to(self.device), self.cohort.coords().to(self.device),
+        theta, meta_record = meta_learn_init(self.cohort.targets(train_idx).to(self.device), self.coords,
                                              init_params(self.spec, meta_cfg.seed), self.spec, self.fit_config, meta_cfg)
         record = save_init(self.output_dir, theta, self.spec, meta_record)
         record["made_with"] = {"meta": meta_cfg.to_dict(), "digest": self.digest}
-        from lgesynth.io import write_json
-
         write_json(record_path, record)
         logger.info("shared init ready in %.1f s", time.perf_counter() - t0)
         return theta, record
@@ -176,7 +172,7 @@ class InrFitTrainer(Engine):
             if self._bar is not None and info.finished:
                 self._bar.update(len(info.finished))
 
-        result = fit(targets, self.cohort.coords().to(self.device), self.init_params, self.spec, self.fit_config, on_step)
+        result = fit(targets, self.coords, self.init_params, self.spec, self.fit_config, on_step)
         cases = [self.cohort.cases[i] for i in idx]
         entries = [self.cohort.entries[i] for i in idx]
         part = bank_from_fit(
