@@ -20,13 +20,7 @@ from lgesynth.errors import DataError
 SIGMA_MAX = 80.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one intra-op thread is faster, and far faster on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one intra-op thread is faster
 
 
 # ------------------------------------------------------------------------------------------------

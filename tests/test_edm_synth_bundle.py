@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tiny_datalist
+from conftest import fit_tiny_bank, torch_threads, write_tiny_datalist
 from lgesynth.data.validate import check_datalist
 from lgesynth.errors import DataError
 from lgesynth.synth.report import CohortStats, plausibility_problems, quality_report
@@ -45,27 +45,16 @@ def _run(configs: Path, config: str, run_id: str | None = None, **override):
     run(run_id, config_file=str(configs / config), logging_file=False, **override)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     """Tiny bank -> tiny inr2vec -> latents (as tests/test_inr2vec_bundle.py builds them)."""
-    from lgesynth.engines.inr_fit import InrFitTrainer
-
     root = tmp_path_factory.mktemp("edm_synth")
     datalist = write_tiny_datalist(root / "data", n_cases=7)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        InrFitTrainer(datalist, root / "bank", grid={"shape": list(GRID)}, spec={"hidden_features": 32, "hidden_layers": 2},
-                      fit={"max_steps": 60, "points": None, "early_stop": False, "lr": 1e-3}, init={"kind": "seed", "seed": 0},
-                      chunk_subjects=8, progress=False).run_all()
+    fit_tiny_bank(datalist, root / "bank", GRID)
+    with torch_threads(1):
         inr2vec = root / "inr2vec"
         _run(INR2VEC, "train.yaml", bank_dir=str(root / "bank"), output_dir=str(inr2vec), steps=30, epoch_length=10,
              val_fraction=0.0, latent_dim=512, encoder_args={"width": 32, "depth": 2, "pool": "maxmean"},
@@ -73,8 +62,6 @@ def upstream(tmp_path_factory):
              warmup_steps=2, num_threads=1, log_every=100)
         _run(INR2VEC, "inference.yaml", "encode", model_dir=str(inr2vec), bank_dir=str(root / "bank"),
              datalist=str(datalist), output_dir=str(inr2vec), num_threads=1)
-    finally:
-        torch.set_num_threads(n)
     return {"root": root, "datalist": datalist, "inr2vec": inr2vec}
 
 
@@ -84,14 +71,10 @@ def trained(upstream):
     root = upstream["root"]
     out, models = root / "edm", root / "bundle" / "models"
     common = dict(inr2vec_dir=str(upstream["inr2vec"]), output_dir=str(out), models_dir=str(models), **TINY_EDM)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _run(CONFIGS, "train.yaml", steps=20, tracking="mlflow", **common)
         first = json.loads((out / "train_log.json").read_text())
         _run(CONFIGS, "train.yaml", steps=40, **common)
-    finally:
-        torch.set_num_threads(n)
     return {**upstream, "out": out, "models": models, "first": first, "log": json.loads((out / "train_log.json").read_text())}
 
 

@@ -21,14 +21,7 @@ TINY = SirenSpec(hidden_features=32, hidden_layers=2)
 SHAPE = (16, 16, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with 2 OpenMP threads on a busy shared 2-core machine every small op waits for a
-    descheduled thread (measured 35 s vs 2 s for this file); one thread is faster and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _coords(shape=SHAPE, z_extent=0.5):

@@ -8,7 +8,7 @@ import functools
 import pytest
 import torch
 
-from conftest import grid_coords, ring_targets
+from conftest import grid_coords, ring_targets, torch_threads
 
 from lgesynth.errors import DataError
 from lgesynth.inr import FitConfig, InrBank, SirenSpec, fit, forward_chunked, init_params, seed_init, stack_params
@@ -21,12 +21,7 @@ TINY = SirenSpec(hidden_features=32, hidden_layers=2)
 SHAPE = (16, 16, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _coords(shape=SHAPE, z_extent=0.5):
@@ -47,9 +42,9 @@ def _random_bank(spec=TINY, subjects=4, seed=0):
 
 @pytest.fixture(scope="module")
 def fitted_bank():
-    torch.set_num_threads(1)
     cfg = FitConfig(max_steps=150, batch_size=6, points=None, lr=1e-3, early_stop=False)
-    res = fit(_cohort(6), _coords(), init_params(TINY, 0), TINY, cfg)
+    with torch_threads(1):
+        res = fit(_cohort(6), _coords(), init_params(TINY, 0), TINY, cfg)
     return res.params
 
 

@@ -21,7 +21,7 @@ import nibabel as nib
 import pytest
 import torch
 
-from conftest import write_tiny_datalist
+from conftest import fit_tiny_bank, write_tiny_datalist
 from lgesynth.data.validate import check_datalist
 from lgesynth.errors import DataError
 from lgesynth.inr.bank import InrBank, load_bank, save_bank, seed_init
@@ -49,16 +49,9 @@ def _log(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
-    from lgesynth.engines.inr_fit import InrFitTrainer
-
     root = tmp_path_factory.mktemp("inr2vec")
     datalist = write_tiny_datalist(root / "data", n_cases=7)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    InrFitTrainer(datalist, root / "bank", grid={"shape": list(GRID)}, spec={"hidden_features": 32, "hidden_layers": 2},
-                  fit={"max_steps": 60, "points": None, "early_stop": False, "lr": 1e-3}, init={"kind": "seed", "seed": 0},
-                  chunk_subjects=8, progress=False).run_all()
-    torch.set_num_threads(n)
+    fit_tiny_bank(datalist, root / "bank", GRID)
     return {"root": root, "datalist": datalist, "bank": root / "bank"}
 
 

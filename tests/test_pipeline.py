@@ -4,8 +4,6 @@ run stopped during inr2vec and started again re-enters inr2vec without refitting
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import yaml
