@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonical
 from lgesynth.inr.bank import load_bank
@@ -74,6 +74,8 @@ class InrBankEvaluator(Engine):
         self.bank = load_bank(self.bank_dir)
         self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
         self.rows: list[dict] = []
+        # registered before the handlers so that MLFlowHandler's epoch log already sees the summary
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
         for handler in val_handlers or ():
             handler.attach(self)
         self._bar = None
@@ -104,16 +106,13 @@ class InrBankEvaluator(Engine):
         write_json(self.output_dir / "fit_summary.json", summary)
         return summary
 
+    def _finish(self, engine: Engine) -> None:
+        """Write the files and expose the summary as ``engine.state.metrics``."""
+        summary = self.write()
+        engine.state.metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+        if self._bar is not None:
+            self._bar.close()
+
     def run_all(self):
-        """Evaluate all subjects in one epoch, write the files, expose the summary as metrics."""
-        from ignite.engine import Events
-
-        def finish(engine: Engine) -> None:
-            summary = self.write()
-            engine.state.metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-            if self._bar is not None:
-                self._bar.close()
-
-        # before MLFlowHandler's epoch log (handlers attached later fire later)
-        self._event_handlers[Events.EPOCH_COMPLETED].insert(0, (finish, (self,), {}))
+        """Evaluate all subjects in one epoch; the CSV, JSON and metrics are written at its end."""
         return self.run(list(range(len(self.bank))), max_epochs=1)
