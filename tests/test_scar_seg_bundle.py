@@ -233,3 +233,51 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path):
     log = _log(out)
     assert len(log) == 1 and log[0]["iteration"] == EPOCH_ITERATIONS // 2  # each rank takes half the epoch
     assert (out / "models" / "model_final.pt").is_file()
+
+
+def _ring_batch(n: int = 48, batch: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (batch, 1, n, n) z-scored, label (batch, 1, n, n) 0/1/2): a thin myocardial ring (~2 % of
+    the slice, as myocardium in a whole LGE slice) with bright scar on one side, darker blood inside."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    labels = []
+    for k in range(batch):
+        cy, cx = n // 2 + 2 * k - 3, n // 2 - k
+        r = ((yy - cy) ** 2 + (xx - cx) ** 2).float().sqrt()
+        myo = (r > 5) & (r < 7.5)
+        labels.append(myo.long() + (myo & (xx > cx + 2)).long())
+    label = torch.stack(labels)[:, None]
+    inside = torch.stack([((yy - (n // 2 + 2 * k - 3)) ** 2 + (xx - (n // 2 - k)) ** 2) < 25 for k in range(batch)])[:, None]
+    image = torch.where(label == 2, 1.5, torch.where(label == 1, 0.3, torch.where(inside, 1.0, 0.6)))
+    image = image + 0.15 * torch.randn(image.shape, generator=g)
+    return (image - image.mean()) / image.std(), label
+
+
+def test_planned_network_learns_a_thin_ring_with_the_configs_loss_and_optimiser():
+    """The train config's loss (deep supervision over DiceCE) and the plan's optimiser must get the
+    network off the all-background solution within a CPU budget's worth of steps: the first EMIDEC
+    run with nnU-Net's SGD (momentum 0.99) stayed at myocardium Dice 0 for 810 iterations."""
+    from monai.bundle import ConfigParser
+
+    plan = make_plan(((1.5, 1.5, 8.0), (48, 48, 6)), preset="smoke")
+    plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
+    assert plan["training"]["optimizer"]["name"] == "AdamW"
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser["plan"] = plan
+    parser["device"] = "$torch.device('cpu')"
+    torch.manual_seed(0)
+    network, loss, optimiser = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
+    image, label = _ring_batch()
+    network.train()
+    for _ in range(48):  # measured: AdamW reaches Dice 0.79 here, nnU-Net's SGD 0.02 (0.81 only after 80)
+        optimiser.zero_grad()
+        value = loss(network(image), label)
+        value.backward()
+        optimiser.step()
+    network.eval()
+    with torch.no_grad():
+        pred = network(image).argmax(1, keepdim=True)
+    myo_pred, myo_true = pred > 0, label > 0
+    dice = float(2 * (myo_pred & myo_true).sum() / (myo_pred.sum() + myo_true.sum()))
+    assert dice > 0.6, f"myocardium Dice {dice:.2f} after 48 steps on one batch: the network is not learning"
