@@ -187,3 +187,55 @@ def fit_tiny_bank(datalist: str | Path, out: str | Path, grid_shape) -> Path:
                       fit={"max_steps": 60, "points": None, "early_stop": False, "lr": 1e-3},
                       init={"kind": "seed", "seed": 0}, chunk_subjects=8, progress=False).run_all()
     return Path(out)
+
+
+# ---- a tiny trained edm_synth generator, shared by test_edm_synth_bundle and test_pack (one per session)
+REPO = Path(__file__).resolve().parents[1]
+EDM_CONFIGS = REPO / "bundles" / "edm_synth" / "configs"
+INR2VEC_CONFIGS = REPO / "bundles" / "inr2vec" / "configs"
+GRID = (24, 24, 6)
+TINY_EDM = dict(denoiser_args={"hidden": 64, "blocks": 2, "emb_dim": 32, "noise_channels": 16,
+                               "noise_embedding": "positional", "dropout": 0.0},
+                batch_size=8, epoch_length=10, lr=0.002, warmup_steps=5, val_interval=1, log_every=100,
+                num_threads=1, ema_halflife_kimg=0.05, sampler={"num_steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0})
+
+
+def run_bundle(configs: Path, config: str, run_id: str | None = None, **override):
+    """``monai.bundle.run`` of ``configs/config`` in this process (no logging.conf), overriding keys."""
+    from monai.bundle import run
+
+    run(run_id, config_file=str(configs / config), logging_file=False, **override)
+
+
+@pytest.fixture(scope="session")
+def tiny_inr2vec(tmp_path_factory):
+    """7 conftest cases (6 training, 1 test) -> tiny bank on ``GRID`` -> tiny inr2vec (30 steps) -> latents."""
+    root = tmp_path_factory.mktemp("edm_synth")
+    datalist = write_tiny_datalist(root / "data", n_cases=7)
+    fit_tiny_bank(datalist, root / "bank", GRID)
+    with torch_threads(1):
+        inr2vec = root / "inr2vec"
+        run_bundle(INR2VEC_CONFIGS, "train.yaml", bank_dir=str(root / "bank"), output_dir=str(inr2vec), steps=30,
+                   epoch_length=10, val_fraction=0.0, latent_dim=512, encoder_args={"width": 32, "depth": 2, "pool": "maxmean"},
+                   decoder_args={"hidden": 64, "layers": 3, "num_freqs": 5}, subjects_per_batch=4, points=2048, lr=0.01,
+                   warmup_steps=2, num_threads=1, log_every=100)
+        run_bundle(INR2VEC_CONFIGS, "inference.yaml", "encode", model_dir=str(inr2vec), bank_dir=str(root / "bank"),
+                   datalist=str(datalist), output_dir=str(inr2vec), num_threads=1)
+    return {"root": root, "datalist": datalist, "inr2vec": inr2vec}
+
+
+@pytest.fixture(scope="session")
+def tiny_edm_generator(tiny_inr2vec):
+    """A tiny EDM on those latents: 20 of 40 planned iterations (as if killed, tracked in MLflow), then the
+    same run again for all 40 (it resumes). ``models``: the exported generator (generator.json + weights)."""
+    import json
+
+    root = tiny_inr2vec["root"]
+    out, models = root / "edm", root / "bundle" / "models"
+    common = dict(inr2vec_dir=str(tiny_inr2vec["inr2vec"]), output_dir=str(out), models_dir=str(models), **TINY_EDM)
+    with torch_threads(1):
+        run_bundle(EDM_CONFIGS, "train.yaml", steps=20, tracking="mlflow", **common)
+        first = json.loads((out / "train_log.json").read_text())
+        run_bundle(EDM_CONFIGS, "train.yaml", steps=40, **common)
+    return {**tiny_inr2vec, "out": out, "models": models, "first": first,
+            "log": json.loads((out / "train_log.json").read_text())}

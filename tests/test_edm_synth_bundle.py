@@ -1,6 +1,6 @@
 """The edm_synth bundle end to end on a tiny pipeline, and the quality report's checks on hand-made data.
 
-Pipeline (module fixture): 7 conftest cases (6 training, 1 test) on a 24 x 24 x 6 canonical grid ->
+Pipeline (conftest's session fixtures ``tiny_inr2vec``, ``tiny_edm_generator``, shared with test_pack): 7 conftest cases (6 training, 1 test) on a 24 x 24 x 6 canonical grid ->
 SIRENs of 32 x 2 (60 steps) -> a tiny inr2vec (30 steps) -> ``encode`` -> a tiny EDM trained 20 of
 40 iterations (tracked in MLflow), then the same run again for all 40 (it resumes). Quality does not
 matter here; the files, their keys, determinism and self-containment do. Inference runs from a copy of
@@ -22,60 +22,26 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fit_tiny_bank, torch_threads, write_tiny_datalist
+from conftest import EDM_CONFIGS, GRID, TINY_EDM, run_bundle as _run
 from lgesynth.data.validate import check_datalist
 from lgesynth.errors import DataError
 from lgesynth.synth.report import CohortStats, plausibility_problems, quality_report
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "edm_synth" / "configs"
-INR2VEC = REPO / "bundles" / "inr2vec" / "configs"
-GRID = (24, 24, 6)
-EPOCH = 10
-TINY_EDM = dict(denoiser_args={"hidden": 64, "blocks": 2, "emb_dim": 32, "noise_channels": 16,
-                               "noise_embedding": "positional", "dropout": 0.0},
-                batch_size=8, epoch_length=EPOCH, lr=0.002, warmup_steps=5, val_interval=1, log_every=100,
-                num_threads=1, ema_halflife_kimg=0.05, sampler={"num_steps": 8, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0})
+CONFIGS = EDM_CONFIGS
 REPORT_KEYS = {"plausible_fraction", "copies_flagged", "features", "diversity", "memorisation", "num_samples", "rejected"}
-
-
-def _run(configs: Path, config: str, run_id: str | None = None, **override):
-    from monai.bundle import run
-
-    run(run_id, config_file=str(configs / config), logging_file=False, **override)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """Tiny bank -> tiny inr2vec -> latents (as tests/test_inr2vec_bundle.py builds them)."""
-    root = tmp_path_factory.mktemp("edm_synth")
-    datalist = write_tiny_datalist(root / "data", n_cases=7)
-    fit_tiny_bank(datalist, root / "bank", GRID)
-    with torch_threads(1):
-        inr2vec = root / "inr2vec"
-        _run(INR2VEC, "train.yaml", bank_dir=str(root / "bank"), output_dir=str(inr2vec), steps=30, epoch_length=10,
-             val_fraction=0.0, latent_dim=512, encoder_args={"width": 32, "depth": 2, "pool": "maxmean"},
-             decoder_args={"hidden": 64, "layers": 3, "num_freqs": 5}, subjects_per_batch=4, points=2048, lr=0.01,
-             warmup_steps=2, num_threads=1, log_every=100)
-        _run(INR2VEC, "inference.yaml", "encode", model_dir=str(inr2vec), bank_dir=str(root / "bank"),
-             datalist=str(datalist), output_dir=str(inr2vec), num_threads=1)
-    return {"root": root, "datalist": datalist, "inr2vec": inr2vec}
+def upstream(tiny_inr2vec):
+    return tiny_inr2vec
 
 
 @pytest.fixture(scope="module")
-def trained(upstream):
-    """20 of 40 planned iterations (as if killed, tracked in MLflow), then the same run again for all 40."""
-    root = upstream["root"]
-    out, models = root / "edm", root / "bundle" / "models"
-    common = dict(inr2vec_dir=str(upstream["inr2vec"]), output_dir=str(out), models_dir=str(models), **TINY_EDM)
-    with torch_threads(1):
-        _run(CONFIGS, "train.yaml", steps=20, tracking="mlflow", **common)
-        first = json.loads((out / "train_log.json").read_text())
-        _run(CONFIGS, "train.yaml", steps=40, **common)
-    return {**upstream, "out": out, "models": models, "first": first, "log": json.loads((out / "train_log.json").read_text())}
+def trained(tiny_edm_generator):
+    return tiny_edm_generator
 
 
 # ------------------------------------------------------------------------------------------ training
