@@ -1,6 +1,6 @@
 """The ``lgesynth`` command line (python-fire).
 
-Commands: ``phantom``, ``import-emidec``, ``import-masks``, ``check-data``, ``stats``, ``experiment``.
+Commands: ``phantom``, ``import-emidec``, ``import-masks``, ``check-data``, ``stats``, ``experiment``, ``pipeline``, ``compare``, ``pack``.
 Each is a thin wrapper over a function in the library, so everything here is also callable from
 Python and from bundle configs.
 """
@@ -23,6 +23,7 @@ def _commands() -> dict:
         "experiment": commands.experiment,
         "pipeline": commands.pipeline,
         "compare": commands.compare,
+        "pack": commands.pack,
     }
 
 

@@ -158,3 +158,20 @@ def compare(experiment: str | None = None, tracking_uri: str = "sqlite:///runs/p
     from lgesynth.compare import compare_runs
 
     print(compare_runs(tracking_uri, experiment, [m for m in metrics.split(",") if m], png))
+
+
+def pack(bundle_dir: str, out: str = ".", large_mb: float = 25.0, url_base: str = "") -> None:
+    """Zip a trained bundle for the MONAI model zoo: ``OUT/<name>_v<version>.zip`` (see ``lgesynth.pack``).
+
+    Args:
+        bundle_dir: the bundle folder (above configs/), e.g. bundles/edm_synth after training.
+        out: folder the zip is written to.
+        large_mb: model files above this size are listed in ``large_files.yml`` (the zoo's 25 MB rule).
+        url_base: where you will host those files (their ``url`` is url_base/models/<file>).
+    """
+    from lgesynth.pack import pack_bundle
+
+    target = pack_bundle(bundle_dir, out, float(large_mb), url_base)
+    name = Path(bundle_dir).resolve().name
+    print(f"wrote {target}\nserve it and fetch it with: python -m monai.bundle download --name {name} "
+          f"--url <URL of {target.name}> --bundle_dir <folder>")

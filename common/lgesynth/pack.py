@@ -1,0 +1,124 @@
+"""``lgesynth pack``: a bundle folder -> a MONAI model-zoo zip ``<name>_v<version>.zip``.
+
+As the zoo's release zips, the archive has one top folder, the bundle name (the folder's name; the
+``name`` of ``metadata.json`` is a display name), holding:
+
+    configs/          every config, metadata.json, logging.conf
+    docs/             the bundle's README and any other docs
+    LICENSE           when the bundle has one
+    models/           only what the bundle runs on (:func:`model_files`): no checkpoints, runs or caches
+    large_files.yml   when a model file exceeds ``large_mb``: the zoo keeps files over 25 MB out of git
+                      and lists them as ``path``, ``url``, ``hash_val``, ``hash_type``
+
+``python -m monai.bundle download --name <name> --url <where the zip is served> --bundle_dir D`` unpacks
+it into ``D/<name>``, and ``python -m monai.bundle run --config_file D/<name>/configs/inference.yaml``
+runs it from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+from lgesynth.errors import DataError
+from lgesynth.io import atomic_path
+
+LARGE_FILE_MB = 25.0  # the model zoo asks for Git LFS / large_files.yml above this size
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same bundle packs to the same bytes
+
+
+def bundle_version(bundle_dir: str | Path) -> str:
+    """``version`` of ``configs/metadata.json``, which must also have a ``changelog`` entry for it."""
+    meta = Path(bundle_dir) / "configs" / "metadata.json"
+    if not meta.is_file():
+        raise DataError(meta, "not found: a bundle needs configs/metadata.json (MONAI schema, with version and changelog)")
+    doc = json.loads(meta.read_text())
+    version = doc.get("version")
+    if not version:
+        raise DataError(meta, "has no \"version\": add one (e.g. \"0.1.0\") and a changelog entry for it")
+    if str(version) not in (doc.get("changelog") or {}):
+        raise DataError(meta, f"\"changelog\" has no entry for version {version}: say what changed in this version "
+                        "before packing it")
+    return str(version)
+
+
+def model_files(bundle_dir: str | Path) -> list[Path]:
+    """The files under ``models/`` that the bundle needs to run; ``DataError`` naming what is missing.
+
+    A generator bundle (edm_synth, ``models/generator.json``): the record, the weights it lists and
+    the training-cohort statistics that the quality report compares with. Any other bundle: MONAI's
+    ``models/model.pt`` (and ``models/model.ts`` when exported).
+    """
+    from lgesynth.synth.generate import GENERATOR_JSON, load_generator_record
+
+    root = Path(bundle_dir)
+    models = root / "models"
+    if (models / GENERATOR_JSON).is_file() or root.name == "edm_synth":
+        record = load_generator_record(models)  # names generator.json or the missing weights
+        files = [GENERATOR_JSON, *record["files"].values(), "reference.json", "reference.safetensors"]
+        for name in files[-2:]:
+            if not (models / name).is_file():
+                raise DataError(models / name, "missing: the edm_synth train run writes it beside generator.json; "
+                                "copy the whole models folder of a finished run")
+    else:
+        files = [name for name in ("model.pt", "model.ts") if (models / name).is_file()]
+        if not files:
+            raise DataError(models / "model.pt", "not found: train the bundle (or copy its trained weights there) "
+                            "before packing it")
+    return [models / name for name in dict.fromkeys(files)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def large_files_yml(files: list[tuple[Path, str]], large_mb: float, url_base: str = "") -> str | None:
+    """``large_files.yml`` text for the ``(path, archive name)`` pairs over ``large_mb``; None when none is.
+
+    ``url`` is ``url_base`` + the archive name (empty without ``url_base``: fill it in where you host the file).
+    """
+    big = [(path, arc) for path, arc in files if path.stat().st_size > large_mb * 1e6]
+    if not big:
+        return None
+    lines = ["large_files:"]
+    for path, arc in big:
+        url = f"{url_base.rstrip('/')}/{arc}" if url_base else ""
+        lines += [f"  - path: \"{arc}\"", f"    url: \"{url}\"", f"    hash_val: \"{_sha256(path)}\"",
+                  "    hash_type: \"sha256\""]
+    return "\n".join(lines) + "\n"
+
+
+def pack_bundle(bundle_dir: str | Path, out: str | Path = ".", large_mb: float = LARGE_FILE_MB, url_base: str = "") -> Path:
+    """Write ``out/<name>_v<version>.zip`` (see module doc) atomically; returns its path."""
+    root = Path(bundle_dir).resolve()
+    if not (root / "configs").is_dir():
+        raise DataError(root, "not a bundle folder: it has no configs/ (give the folder above configs/)")
+    name, version = root.name, bundle_version(root)
+    files = [p for sub in ("configs", "docs") for p in sorted((root / sub).rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")]
+    files += [root / "LICENSE"] if (root / "LICENSE").is_file() else []
+    files += model_files(root)
+    entries = [(p, p.relative_to(root).as_posix()) for p in files]
+    large = large_files_yml([e for e in entries if e[1].startswith("models/")], large_mb, url_base)
+    target = Path(out) / f"{name}_v{version}.zip"
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+        for path, arc in entries:
+            with open(path, "rb") as src, zf.open(_entry(f"{name}/{arc}"), "w", force_zip64=True) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        if large is not None:
+            zf.writestr(_entry(f"{name}/large_files.yml"), large)
+    return target
+
+
+def _entry(arcname: str) -> zipfile.ZipInfo:
+    """A deflated, world-readable zip entry with the fixed date."""
+    info = zipfile.ZipInfo(arcname, ZIP_DATE)
+    info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+    return info

@@ -1,0 +1,133 @@
+"""``lgesynth pack``: the edm_synth bundle as a model-zoo zip, fetched and run with MONAI's own CLI.
+
+The tiny generator is conftest's ``tiny_edm_generator`` (shared with test_edm_synth_bundle). The zip
+is served from a localhost HTTP server, ``python -m monai.bundle download --url`` unpacks it into an
+empty folder, and ``python -m monai.bundle run`` generates a cohort from there in a process whose
+working directory is elsewhere and whose path holds the lgesynth package only (not the repository).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import lgesynth
+from conftest import EDM_CONFIGS, REPO
+from lgesynth.data.validate import check_datalist
+from lgesynth.errors import DataError
+from lgesynth.pack import pack_bundle
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VERSION = json.loads((EDM_CONFIGS / "metadata.json").read_text())["version"]
+
+
+def _bundle(tiny_edm_generator, where: Path) -> Path:
+    """The repository's edm_synth configs + docs with the tiny generator's models, plus files pack must leave out."""
+    bundle = where / "edm_synth"
+    shutil.copytree(EDM_CONFIGS, bundle / "configs")
+    shutil.copytree(EDM_CONFIGS.parent / "docs", bundle / "docs")
+    shutil.copytree(tiny_edm_generator["models"], bundle / "models")
+    (bundle / "models" / "checkpoint_epoch=4.pt").write_bytes(b"resume state")
+    (bundle / "models" / "train_log.json").write_text("[]")
+    (bundle / "runs").mkdir()
+    (bundle / "runs" / "cache.bin").write_bytes(b"x")
+    (bundle / "configs" / "__pycache__").mkdir()
+    (bundle / "configs" / "__pycache__" / "x.pyc").write_bytes(b"x")
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_edm_generator, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack")
+    bundle = _bundle(tiny_edm_generator, root / "src")
+    zip_path = pack_bundle(bundle, root / "dist", large_mb=0.5)  # the decoder (~0.8 MB) counts as large here
+    return {"bundle": bundle, "zip": zip_path, "root": root}
+
+
+def test_zip_holds_configs_docs_and_the_generator_only(packed):
+    zip_path = packed["zip"]
+    assert zip_path.name == f"edm_synth_v{VERSION}.zip"
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    configs = {f"edm_synth/configs/{p.name}" for p in EDM_CONFIGS.iterdir() if p.is_file()}
+    models = {f"edm_synth/models/{n}" for n in ("generator.json", "edm_ema.safetensors", "standardizer.safetensors",
+                                                 "decoder.safetensors", "reference.json", "reference.safetensors")}
+    assert names == configs | models | {"edm_synth/docs/README.md", "edm_synth/large_files.yml"}
+    large = zipfile.ZipFile(zip_path).read("edm_synth/large_files.yml").decode()
+    digest = hashlib.sha256((packed["bundle"] / "models" / "decoder.safetensors").read_bytes()).hexdigest()
+    assert 'path: "models/decoder.safetensors"' in large and f'hash_val: "{digest}"' in large
+    assert "edm_ema" not in large  # ~0.4 MB: under the threshold
+    again = pack_bundle(packed["bundle"], packed["root"] / "again", large_mb=0.5)
+    assert again.read_bytes() == zip_path.read_bytes()  # same bundle, same bytes
+    assert "large_files.yml" not in zipfile.ZipFile(pack_bundle(packed["bundle"], packed["root"] / "default")).namelist()
+
+
+def test_pack_refuses_a_version_without_changelog_and_missing_models(packed, tmp_path):
+    bundle = tmp_path / "edm_synth"
+    shutil.copytree(packed["bundle"], bundle)
+    meta = bundle / "configs" / "metadata.json"
+    doc = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**doc, "version": "9.9.9"}))
+    with pytest.raises(DataError, match="changelog.*9.9.9") as err:
+        pack_bundle(bundle, tmp_path / "dist")
+    assert str(meta) in str(err.value)
+    meta.write_text(json.dumps(doc))
+    (bundle / "models" / "decoder.safetensors").unlink()
+    with pytest.raises(DataError, match="decoder weights listed in generator.json are missing") as err:
+        pack_bundle(bundle, tmp_path / "dist")
+    assert str(bundle / "models" / "decoder.safetensors") in str(err.value)
+    shutil.rmtree(bundle / "models")
+    with pytest.raises(DataError, match="generator.json: not found"):
+        pack_bundle(bundle, tmp_path / "dist")
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())  # nothing half-written
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(packed):
+    """``http://127.0.0.1:PORT/`` serving the dist folder from a thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(packed["zip"].parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{packed['zip'].name}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloaded_bundle_generates_a_valid_cohort_on_its_own(served, tmp_path):
+    package_dir = str(Path(lgesynth.__file__).resolve().parents[1])  # the installed library, nothing else
+    env = {**os.environ, "PYTHONPATH": package_dir, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    downloaded, work = tmp_path / "bundles", tmp_path / "work"
+    downloaded.mkdir()
+    work.mkdir()
+    fetch = [sys.executable, "-m", "monai.bundle", "download", "--name", "edm_synth", "--url", served,
+             "--bundle_dir", str(downloaded)]
+    done = subprocess.run(fetch, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    bundle = downloaded / "edm_synth"
+    assert (bundle / "models" / "generator.json").is_file() and not (bundle / "models" / "checkpoint_epoch=4.pt").exists()
+
+    out = tmp_path / "cohort"
+    run = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.yaml"),
+           "--num_samples", "3", "--output_dir", str(out), "--num_threads", "1"]
+    done = subprocess.run(run, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert check_datalist(out / "datalist.json") == []
+    doc = json.loads((out / "datalist.json").read_text())
+    assert len(doc["training"]) + len(doc["rejected"]) == 3 and doc["training"]
+    assert doc["source"]["generator"] == str(bundle / "models")  # the downloaded copy, not the repository's
+    assert str(REPO) not in (out / "datalist.json").read_text() + (out / "report.json").read_text()
