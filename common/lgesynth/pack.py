@@ -17,14 +17,13 @@ runs it from there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
 from pathlib import Path
 
 from lgesynth.errors import DataError
-from lgesynth.io import atomic_path
+from lgesynth.io import atomic_path, file_sha256
 
 LARGE_FILE_MB = 25.0  # the model zoo asks for Git LFS / large_files.yml above this size
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same bundle packs to the same bytes
@@ -71,14 +70,6 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     return [models / name for name in dict.fromkeys(files)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def large_files_yml(files: list[tuple[Path, str]], large_mb: float, url_base: str = "") -> str | None:
     """``large_files.yml`` text for the ``(path, archive name)`` pairs over ``large_mb``; None when none is.
 
@@ -90,7 +81,7 @@ def large_files_yml(files: list[tuple[Path, str]], large_mb: float, url_base: st
     lines = ["large_files:"]
     for path, arc in big:
         url = f"{url_base.rstrip('/')}/{arc}" if url_base else ""
-        lines += [f"  - path: \"{arc}\"", f"    url: \"{url}\"", f"    hash_val: \"{_sha256(path)}\"",
+        lines += [f"  - path: \"{arc}\"", f"    url: \"{url}\"", f"    hash_val: \"{file_sha256(path)}\"",
                   "    hash_type: \"sha256\""]
     return "\n".join(lines) + "\n"
 
