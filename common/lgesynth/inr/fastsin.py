@@ -28,6 +28,9 @@ _SOURCE = r"""
 #include <string.h>
 static inline float bf2f(uint16_t b) { uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t f2bf(float f) { uint32_t u; memcpy(&u, &f, 4); u += 0x7FFFu + ((u >> 16) & 1u); return (uint16_t)(u >> 16); }
+static inline uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+/* Branch-free, so that GCC vectorises the loops below (AVX2: 8 lanes); quadrant swaps and signs are bit masks. */
 static inline void sc(float x, float *s, float *c) {
     float k = (x * 0.63661977236758134f + 12582912.0f) - 12582912.0f;  /* round(x / (pi/2)), |x| < 2^22 */
     float r = x - k * 1.5707963705062866f;                           /* Cody-Waite, two parts of pi/2 */
@@ -35,27 +38,34 @@ static inline void sc(float x, float *s, float *c) {
     float r2 = r * r;
     float sr = r + r * r2 * (-1.6666654611e-1f + r2 * (8.3321608736e-3f + r2 * (-1.9515295891e-4f)));
     float cr = 1.0f + r2 * (-0.5f + r2 * (4.166664568298827e-2f + r2 * (-1.388731625493765e-3f + r2 * 2.443315711809948e-5f)));
-    int q = ((int)k) & 3;
-    int odd = q & 1;
-    float s0 = odd ? cr : sr, c0 = odd ? sr : cr;
-    *s = (q & 2) ? -s0 : s0;
-    *c = ((q + 1) & 2) ? -c0 : c0;
+    uint32_t q = (uint32_t)(int32_t)k;
+    uint32_t odd = 0u - (q & 1u);                                    /* all ones in odd quadrants */
+    uint32_t su = bits(sr), cu = bits(cr);
+    uint32_t s0 = (su & ~odd) | (cu & odd), c0 = (cu & ~odd) | (su & odd);
+    *s = from_bits(s0 ^ ((q & 2u) << 30));
+    *c = from_bits(c0 ^ (((q + 1u) & 2u) << 30));
 }
 #define LD_0(p, i) (((const float *)(p))[i])
 #define LD_1(p, i) bf2f(((const uint16_t *)(p))[i])
 #define ST_0(p, i, v) (((float *)(p))[i] = (v))
 #define ST_1(p, i, v) (((uint16_t *)(p))[i] = f2bf(v))
+/* Per block of a row: load (+ bias) into a local array, sin/cos into local arrays, then store; the locals do not
+   alias, so every loop vectorises, and c_out may be z (a block is read completely before it is written). */
+#define BLK 256
 #define LOOP(ZT, ST, CT) \
     static void loop_##ZT##ST##CT(const void *z, void *s_out, void *c_out, int64_t r0, int64_t r1, int64_t w, \
                                   const float *bias, int64_t rows_per_bias, float scale) { \
+        float xs[BLK], ss[BLK], cs[BLK]; \
         for (int64_t r = r0; r < r1; ++r) { \
-            const float *b = bias ? bias + (r / rows_per_bias) * w : 0; \
-            for (int64_t j = r * w, k = 0; k < w; ++j, ++k) { \
-                float s, c, x = LD_##ZT(z, j); \
-                if (b) x += scale * b[k]; \
-                sc(x, &s, &c); ST_##ST(s_out, j, s); ST_##CT(c_out, j, c); } } }
+            const float *b = bias + (r / rows_per_bias) * w; \
+            for (int64_t k0 = 0; k0 < w; k0 += BLK) { \
+                const int64_t j0 = r * w + k0, n = (w - k0) < BLK ? (w - k0) : BLK; \
+                for (int64_t k = 0; k < n; ++k) xs[k] = LD_##ZT(z, j0 + k) + scale * b[k0 + k]; \
+                for (int64_t k = 0; k < n; ++k) sc(xs[k], &ss[k], &cs[k]); \
+                for (int64_t k = 0; k < n; ++k) ST_##ST(s_out, j0 + k, ss[k]); \
+                for (int64_t k = 0; k < n; ++k) ST_##CT(c_out, j0 + k, cs[k]); } } }
 LOOP(0,0,0) LOOP(0,0,1) LOOP(0,1,0) LOOP(0,1,1) LOOP(1,0,0) LOOP(1,0,1) LOOP(1,1,0) LOOP(1,1,1)
-/* Rows [r0, r1) of width w: x = z + scale * bias[row / rows_per_bias] (bias fp32 (groups, w), or NULL);
+/* Rows [r0, r1) of width w: x = z + scale * bias[row / rows_per_bias] (bias fp32 (groups, w));
    s_out = sin(x); c_out = cos(x) (c_out may alias z: each element is read before it is written).
    dtype flags: 0 float32, 1 bfloat16. */
 void sincos(const void *z, void *s_out, void *c_out, int64_t r0, int64_t r1, int64_t w, const float *bias,
@@ -138,7 +148,9 @@ def sincos(z: torch.Tensor, s_out: torch.Tensor, c_out: torch.Tensor, bias: torc
         return
     B, P, W = z.shape
     rows = B * P
-    args = [W, bias.data_ptr() if bias is not None else None, P, float(scale)] + [_DTYPES[t.dtype] for t in tensors]
+    if bias is None:
+        bias = torch.zeros(B, W)
+    args = [W, bias.data_ptr(), P, float(scale)] + [_DTYPES[t.dtype] for t in tensors]
     ptrs = [t.data_ptr() for t in tensors]
     threads = max(1, torch.get_num_threads())
     if threads == 1 or rows * W < 1 << 16:
