@@ -15,9 +15,9 @@ for subjects with scar), three ways:
   (its time is amortised over the whole cohort, as one init serves one bank).
 Each method runs in its own process (clean peak RSS); the fp32 (and bf16) GEMM rate of matching sizes
 is measured right before each method, because the machine is shared and its speed drifts.
-``--quick``: few subjects, the loop capped at ``--loop-steps`` steps per subject; its steps-to-target
-are then taken from the batched run (identical maths and hyper-parameters) and its time extrapolated
-from its measured time per step; the JSON says so (``loop.extrapolated``).
+``--quick``: 4 timed subjects of a 50-subject bank (the meta-learning cost is charged per bank subject),
+the loop capped at ``--loop-steps`` steps per subject; its steps-to-target are then taken from the
+batched run (identical maths and hyper-parameters) and its time extrapolated from its measured time per step; the JSON says so (``loop.extrapolated``).
 """
 
 from __future__ import annotations
@@ -364,7 +364,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     ap.add_argument("--data", default=None, help="datalist JSON or EMIDEC folder (default: built-in synthetic cohort)")
     ap.add_argument("--subjects", type=int, default=None, help="subjects to time (default 4 quick, 8 otherwise)")
-    ap.add_argument("--meta-subjects", type=int, default=None, help="other subjects to meta-learn the init on")
+    ap.add_argument("--meta-subjects", type=int, default=None, help="other subjects to meta-learn the init on "
+                    "(default: the rest of a 50-subject bank)")
     ap.add_argument("--loop-steps", type=int, default=None, help="cap of loop steps per subject (quick: 50)")
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--points", type=int, default=16384)
@@ -385,7 +386,8 @@ def main(argv=None) -> dict:
             write_json(args.json, out)
         return out
     n = args.subjects or (4 if args.quick else 8)
-    n_meta = args.meta_subjects or (12 if args.quick else 24)
+    # one init serves one bank: the bank is 50 subjects (the size of the EMIDEC set), the timed ones included
+    n_meta = args.meta_subjects or max(50 - n, 2)
     loop_cap = args.loop_steps or (50 if args.quick else args.max_steps)
     from lgesynth.inr import MetaConfig, SirenSpec
 
