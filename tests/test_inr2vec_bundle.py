@@ -133,8 +133,11 @@ def test_evaluate_writes_metrics_and_montage(trained):
     _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out), num_threads=1)
     with open(out / "inr2vec_metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "section", "psnr", "ssim", "dice_myo", "dice_scar"] and len(rows) == 7
+    assert list(rows[0]) == ["id", "section", "role", "psnr", "ssim", "dice_myo", "dice_scar"] and len(rows) == 7
+    split = json.loads((trained["out"] / "inr2vec_model.json").read_text())["split"]
+    assert {r["id"]: r["role"] for r in rows} == {i: role for role, ids in split.items() for i in ids}  # val apart
     summary = json.loads((out / "inr2vec_metrics.json").read_text())
+    assert summary["n_train"] == len(split["train"]) and summary.get("n_val", 0) == len(split["val"])
     for key in ("psnr", "dice_myo", "dice_scar", "probe_accuracy"):
         assert f"{key}_test" in summary or key == "probe_accuracy", key
         assert f"{key}_train" in summary, key

@@ -35,7 +35,8 @@ from lgesynth.inr2vec.train import Inr2VecModel, encode_bank
 from lgesynth.engines.inr2vec import MODEL_FORMAT, MODEL_JSON
 from lgesynth.io import save_nifti, write_csv, write_json
 
-COLUMNS = ("id", "section", "psnr", "ssim", "dice_myo", "dice_scar")
+COLUMNS = ("id", "section", "role", "psnr", "ssim", "dice_myo", "dice_scar")
+_ROLE = {"training": "train", "validation": "val", "test": "test"}  # role of a subject the model's split does not list
 CHECKPOINT_ORDER = ("model_best.pt", "model_final.pt")
 
 
@@ -192,9 +193,10 @@ def _nanmean(values) -> float:
 class Inr2VecEvaluator(Engine):
     """Round trip of every bank subject; one iteration per subject.
 
-    Writes ``inr2vec_metrics.csv`` (``id, section, psnr, ssim, dice_myo, dice_scar``), the summary
-    ``inr2vec_metrics.json`` (``psnr_test``, ``ssim_test``, ``dice_myo_test``, ``dice_scar_test``,
-    ``probe_accuracy`` and their ``_train`` twins; the probe is a scar / no-scar logistic regression on
+    Writes ``inr2vec_metrics.csv`` (``id, section, role, psnr, ssim, dice_myo, dice_scar``; ``role`` is
+    train / val / test in the model's split, so validation subjects held out of the datalist's training
+    section are not counted as trained on), the summary ``inr2vec_metrics.json`` (``psnr_test``,
+    ``ssim_test``, ``dice_myo_test``, ``dice_scar_test``, ``probe_accuracy``, their ``_train`` and ``_val`` twins; the probe is a scar / no-scar logistic regression on
     the training-section latents, scored on the test latents, ``_train`` on its own training data) and
     ``inr2vec_montage.png`` (mid slices, source vs reconstruction, ``montage_subjects`` subjects).
     The summary becomes ``state.metrics`` for MLflow (``--tracking mlflow``).
@@ -206,6 +208,8 @@ class Inr2VecEvaluator(Engine):
         self.model, self.output_dir, self.montage_subjects = model, Path(output_dir), int(montage_subjects)
         self.bank_dir = str(bank_dir)
         self.bank = load_bank(bank_dir)
+        split = getattr(model, "record", {}).get("split", {})
+        self.roles = {sid: role for role, ids in split.items() for sid in ids}  # id -> train | val | test
         check_bank(model, self.bank, bank_dir)
         self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
         device = next(model.parameters()).device
@@ -236,7 +240,9 @@ class Inr2VecEvaluator(Engine):
         image, label = images[0], labels[0]
         mse = float(np.mean((image - case.image) ** 2))
         ssim = float(self.ssim(torch.from_numpy(image)[None, None], torch.from_numpy(case.image)[None, None]).item())
-        row = {"id": subject["id"], "section": src.get("section", ""), "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
+        section = src.get("section", "")
+        row = {"id": subject["id"], "section": section, "role": self.roles.get(subject["id"], _ROLE.get(section, section)),
+               "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
                "ssim": ssim, "dice_myo": _dice(label > 0, case.label > 0), "dice_scar": _dice(label == 2, case.label == 2),
                **scar_record(case.label)}
         self.rows.append(row)
@@ -251,8 +257,8 @@ class Inr2VecEvaluator(Engine):
 
     def summary(self) -> dict:
         out: dict = {"subjects": len(self.rows), "checkpoint": getattr(self.model, "checkpoint", None)}
-        for tag, section in (("train", "training"), ("val", "validation"), ("test", "test")):
-            rows = [r for r in self.rows if r["section"] == section]
+        for tag in ("train", "val", "test"):
+            rows = [r for r in self.rows if r["role"] == tag]
             if not rows and tag == "val":
                 continue
             out[f"n_{tag}"] = len(rows)
