@@ -84,6 +84,28 @@ def test_standardization_from_bank():
     assert "scale_0" in enc.state_dict() and "center_0" in enc.state_dict()
 
 
+def test_center_rows_tell_the_pool_which_neuron_deviates():
+    params = _random_bank(subjects=4)
+    # subject 0's deviation from the bank mean, moved from first-layer neuron 3 to neuron 5 (and back)
+    mean = [p.mean(0) for p in params]
+    moved = [p[:1].clone() for p in params]
+    for t in (0, 1):  # w0 (1, in, out) and b0 (1, out): neurons are the last dim
+        dev = params[t][:1] - mean[t]
+        dev[..., [3, 5]] = dev[..., [5, 3]]
+        moved[t] = mean[t] + dev
+    with torch.no_grad():
+        for center_rows, same in ((False, True), (True, False)):
+            enc = Inr2VecEncoder(TINY, width=32, latent_dim=16, center_rows=center_rows).eval()
+            enc.fit_standardization(params, per_element=True)
+            rows = enc.rows(params)
+            assert rows[1].shape == (4, 32, (32 + 1) * (2 if center_rows else 1))  # (subjects, neurons, row)
+            z0, z_moved = enc([p[:1] for p in params]), enc(moved)
+            # per-element rows alone are a set the pool cannot order; the centre half names the neuron
+            assert torch.allclose(z0, z_moved, atol=1e-5) == same, center_rows
+            if center_rows:
+                assert torch.equal(rows[1][0, :, 33:], rows[1][3, :, 33:])  # the same centre rows for every subject
+
+
 def test_permutation_keeps_function_changes_weights_and_latent():
     params = _random_bank(subjects=3)
     before = [p.clone() for p in params]

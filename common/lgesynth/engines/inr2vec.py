@@ -146,7 +146,8 @@ def standardized(encoder: Inr2VecEncoder, params: list[torch.Tensor], mode: str 
 def architecture(encoder: Inr2VecEncoder, decoder: ImplicitDecoder) -> dict:
     """Constructor arguments of both networks (what ``load_trained`` needs to rebuild them)."""
     return {"encoder": {"spec": encoder.spec.to_dict(), "latent_dim": encoder.latent_dim, "width": encoder.width,
-                        "depth": len(encoder.mlp) // 3, "pool": encoder.pool},
+                        "depth": len(encoder.mlp) // 3, "pool": encoder.pool,
+                        "center_rows": encoder.center_rows},
             "decoder": {"latent_dim": decoder.latent_dim, "hidden": decoder.hidden, "layers": decoder.layers,
                         "num_freqs": decoder.features.num_freqs, "in_features": decoder.features.in_features,
                         "out_features": decoder.head.out_features}}
