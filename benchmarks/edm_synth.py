@@ -42,6 +42,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def add_machine_args(p: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--devices``, ``--json``: the options every benchmark here shares."""
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--devices", default=None, help="comma list; default cpu (+ cuda when available)")
+    p.add_argument("--json", default=None)
+
+
+def machine_devices(args) -> list[str]:
+    """Set ``--threads`` and return the devices to measure on."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def random_generator(device):
     """Nets of the default sizes with random weights (output layers perturbed so F is not zero)."""
     from lgesynth.data.canonical import canonical_coords
@@ -115,14 +129,10 @@ def main(argv=None) -> dict:
     p.add_argument("--decode", type=int, default=2, help="latents decoded for the timing")
     p.add_argument("--bundle", default=None, help="a trained edm_synth models folder: its nets, and quality vs steps")
     p.add_argument("--samples", type=int, default=32, help="decoded samples per steps value for quality (--bundle)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--devices", default=None, help="comma list; default cpu (+ cuda when available)")
-    p.add_argument("--json", default=None)
+    add_machine_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    devices = machine_devices(args)
     steps_list = [int(s) for s in args.steps.split(",")]
-    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = {"steps": steps_list, "batch": args.batch, "bundle": args.bundle, "threads": torch.get_num_threads(), "devices": {}}
     for device in devices:
         g = bundle_generator(args.bundle, device) if args.bundle else random_generator(device)

@@ -20,7 +20,7 @@ import contextlib
 import time
 
 import torch
-from edm_synth import _sync, gemm_gflops  # the sibling benchmark: same GEMM probe and CUDA sync
+from edm_synth import _sync, add_machine_args, gemm_gflops, machine_devices  # the sibling benchmark's helpers
 
 
 def random_model(device):
@@ -79,13 +79,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", default="1,8,32", help="subjects per call")
     p.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16 (autocast); the bundle decodes in fp32")
     p.add_argument("--repeat", type=int, default=3, help="timed encode calls per setting")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--devices", default=None, help="comma list; default cpu (+ cuda when available)")
-    p.add_argument("--json", default=None)
+    add_machine_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = machine_devices(args)
     out = {"model_dir": args.model_dir, "bank_dir": args.bank_dir, "threads": torch.get_num_threads(), "devices": {}}
     for device in devices:
         model, params, shape, z_extent = (trained_model(args.model_dir, args.bank_dir, device) if args.model_dir
