@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -104,13 +103,10 @@ def test_cohort_summary_json_and_tables(tiny_datalist, tmp_path, capsys):
 
 @pytest.mark.real_data
 @pytest.mark.skipif(not EMIDEC.is_dir(), reason=f"{EMIDEC} not present")
-def test_real_emidec50_fingerprint_is_quick(tmp_path):
+def test_real_emidec50_fingerprint(tmp_path):
     datalist = import_emidec(EMIDEC, tmp_path / "emidec50")
-    start = time.perf_counter()
     fp = fingerprint(datalist)
-    seconds = time.perf_counter() - start
     s = fp["summary"]
     assert s["median_spacing_mm"] == [1.0, 1.0, 10.0] and s["median_shape"] == [256, 256, 7]
     assert s["num_with_scar"] == 34 and 0.1 < s["scar_burden"]["median"] < 0.3  # README: about 20 %
     assert s["blood_pool_ml"]["n"] == 50 and s["blood_pool_ml"]["min"] > 0
-    assert seconds < 5.0, f"fingerprint of 50 cases took {seconds:.1f} s"
