@@ -306,7 +306,8 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
                    f"the full patch, then smaller patches, that fits >= 200 x sqrt(budget minutes) = {min_iterations} iterations"
                    + ("" if iterations >= min_iterations else
                       f" -- none did, so the cheapest candidate was taken with only {iterations} iterations"))
-    why.append(optimizer_reason(preset, budget))
+    optimizer = optimizer_for(preset, budget)
+    why.append(OPTIMIZER_REASONS[optimizer["name"]])
     n_heads = network["deep_supr_num"]
     weights = [0.5 ** i for i in range(n_heads + 1)]
     why.append(f"deep supervision: {n_heads} extra head(s) at the decoder resolutions below full (the lowest "
@@ -328,7 +329,7 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
         "network": network,
         "deep_supervision_weights": [w / sum(weights) for w in weights],
         "training": {"iterations": total, "epochs": epochs, "iterations_per_epoch": per_epoch, "device": settings["device"],
-                     "optimizer": optimizer_for(preset, budget),
+                     "optimizer": optimizer,
                      "lr_schedule": "poly, exponent 0.9", "loss": "Dice + cross-entropy, deep supervision",
                      "foreground_oversampling": 0.33},
         "budget": {"preset": preset, "budget_minutes": budget, "train_fraction": TRAIN_FRACTION,
@@ -360,19 +361,17 @@ def _cap(target, shape, dims, axis, aniso, axes=None) -> list[int]:
 
 NNUNET_SGD = {"name": "SGD", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5}
 BUDGET_ADAMW = {"name": "AdamW", "lr": 2e-3, "weight_decay": 3e-5}
+OPTIMIZER_REASONS = {
+    "SGD": "optimizer: nnU-Net's SGD (lr 0.01, momentum 0.99, Nesterov), poly LR over 250k iterations",
+    "AdamW": ("optimizer: AdamW lr 2e-3, poly LR: nnU-Net's SGD (lr 0.01, momentum 0.99) is tuned for 250k iterations; "
+              "under a CPU budget of hundreds of iterations it stays on the all-background plateau (one EMIDEC batch "
+              "of 6 slices, 120 steps: SGD predicted no foreground, AdamW reached Dice 0.94)"),
+}
 
 
 def optimizer_for(preset: str, budget_minutes: float | None) -> dict:
-    """nnU-Net's SGD for the unbudgeted paper plan; AdamW for CPU budgets (:func:`optimizer_reason`)."""
+    """nnU-Net's SGD for the unbudgeted paper plan; AdamW for CPU budgets (``OPTIMIZER_REASONS`` says why)."""
     return dict(NNUNET_SGD if preset == "paper" and budget_minutes is None else BUDGET_ADAMW)
-
-
-def optimizer_reason(preset: str, budget_minutes: float | None) -> str:
-    if preset == "paper" and budget_minutes is None:
-        return "optimizer: nnU-Net's SGD (lr 0.01, momentum 0.99, Nesterov), poly LR over 250k iterations"
-    return ("optimizer: AdamW lr 2e-3, poly LR: nnU-Net's SGD (lr 0.01, momentum 0.99) is tuned for 250k iterations; "
-            "under a CPU budget of hundreds of iterations it stays on the all-background plateau (one EMIDEC batch "
-            "of 6 slices, 120 steps: SGD predicted no foreground, AdamW reached Dice 0.94)")
 
 
 def build_optimizer(plan: dict, params):
