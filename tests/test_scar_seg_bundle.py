@@ -240,14 +240,14 @@ def _ring_batch(n: int = 48, batch: int = 4, seed: int = 0) -> tuple[torch.Tenso
     the slice, as myocardium in a whole LGE slice) with bright scar on one side, darker blood inside."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    labels = []
+    labels, insides = [], []
     for k in range(batch):
         cy, cx = n // 2 + 2 * k - 3, n // 2 - k
         r = ((yy - cy) ** 2 + (xx - cx) ** 2).float().sqrt()
         myo = (r > 5) & (r < 7.5)
         labels.append(myo.long() + (myo & (xx > cx + 2)).long())
-    label = torch.stack(labels)[:, None]
-    inside = torch.stack([((yy - (n // 2 + 2 * k - 3)) ** 2 + (xx - (n // 2 - k)) ** 2) < 25 for k in range(batch)])[:, None]
+        insides.append(r < 5)
+    label, inside = torch.stack(labels)[:, None], torch.stack(insides)[:, None]
     image = torch.where(label == 2, 1.5, torch.where(label == 1, 0.3, torch.where(inside, 1.0, 0.6)))
     image = image + 0.15 * torch.randn(image.shape, generator=g)
     return (image - image.mean()) / image.std(), label
