@@ -17,13 +17,12 @@ runs it from there.
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 from pathlib import Path
 
 from lgesynth.errors import DataError
-from lgesynth.io import atomic_path, file_sha256
+from lgesynth.io import atomic_path, file_sha256, read_json
 
 LARGE_FILE_MB = 25.0  # the model zoo asks for Git LFS / large_files.yml above this size
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same bundle packs to the same bytes
@@ -34,7 +33,7 @@ def bundle_version(bundle_dir: str | Path) -> str:
     meta = Path(bundle_dir) / "configs" / "metadata.json"
     if not meta.is_file():
         raise DataError(meta, "not found: a bundle needs configs/metadata.json (MONAI schema, with version and changelog)")
-    doc = json.loads(meta.read_text())
+    doc = read_json(meta)
     version = doc.get("version")
     if not version:
         raise DataError(meta, "has no \"version\": add one (e.g. \"0.1.0\") and a changelog entry for it")
