@@ -13,6 +13,7 @@ from lgesynth.errors import DataError
 from lgesynth.seg.plan import (
     PLAN_FORMAT,
     build_dynunet,
+    calibrate_plan,
     load_plan,
     make_plan,
     measure_step_seconds,
@@ -153,6 +154,26 @@ def test_refine_rescales_the_cost_model():
     assert slower["budget"]["predicted_minutes"] <= slower["budget"]["budget_minutes"]
     assert _patch_voxels(slower) * slower["budget"]["base_filters"] < _patch_voxels(plan) * plan["budget"]["base_filters"]
     assert "rescaled" in slower["why"][-1]
+
+
+def test_calibration_repeats_until_the_chosen_network_is_predicted_right():
+    """A machine 3x slower than the model with a fixed 0.05 s overhead (not scaled): one rescale
+    over-corrects the small network it then picks, so calibration times that one too."""
+    plan = make_plan(ANISO, preset="cpu")
+    model = lambda p: 0.05 + 3 * (p["budget"]["seconds_per_iteration"] / p["budget"]["cost_model"]["scale"])  # noqa: E731
+    measured = []
+
+    def machine(p):
+        measured.append(model(p))
+        return measured[-1]
+
+    calibrated = calibrate_plan(plan, rounds=4, tolerance=0.05, measure=machine)
+    assert len(measured) >= 2
+    assert calibrated["budget"]["seconds_per_iteration"] == pytest.approx(model(calibrated), rel=0.05)
+    assert calibrated["budget"]["predicted_minutes"] <= calibrated["budget"]["budget_minutes"]
+    assert calibrated["why"][-1].startswith("calibrated")
+    same = calibrate_plan(plan, measure=lambda p: p["budget"]["seconds_per_iteration"])  # the model is right
+    assert same["budget"] == plan["budget"] and same["why"][-1].startswith("calibrated")
 
 
 def test_measure_step_seconds_on_a_tiny_plan():

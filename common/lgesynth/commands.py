@@ -89,7 +89,7 @@ def stats(*datalists: str, out: str | None = None) -> None:
 
 def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str = "cpu", budget_minutes: float | None = None,
                synthetic_ratio=0.5, tracking_uri: str | None = None, experiment_name: str = "scar_seg_experiment",
-               plan: str | None = None, num_workers: int | None = None) -> None:
+               plan: str | None = None, num_workers: int | None = None, calibrate: bool = True) -> None:
     """Baseline (real only) vs augmented (real + synthetic) scar_seg, same plan, seeds and budget.
 
     Trains and evaluates both arms per seed through the scar_seg bundle configs, tracked in one MLflow
@@ -108,6 +108,8 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
         experiment_name: MLflow experiment name.
         plan: an existing plan.json to use for both arms instead of planning.
         num_workers: data loader workers of the training config.
+        calibrate: time one step of the planned network on this machine and re-plan so that the budget
+            holds here (--nocalibrate: plan from the stored cost model alone).
     """
     import logging
 
@@ -117,7 +119,7 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
         logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     run_experiment(real, synthetic, out, seeds=seeds, preset=preset, budget_minutes=budget_minutes,
                    synthetic_ratio=synthetic_ratio, tracking_uri=tracking_uri, experiment_name=experiment_name,
-                   plan=plan, num_workers=num_workers)
+                   plan=plan, num_workers=num_workers, calibrate=calibrate)
 
 
 def pipeline(data: str | None = None, out: str = "runs/pipeline", preset: str = "smoke", tracking_uri: str | None = None,

@@ -3,6 +3,7 @@
 from lgesynth.seg.metrics import dice, hd95_mm, regional_metrics, scar_burden  # noqa: F401
 from lgesynth.seg.plan import (  # noqa: F401
     build_dynunet,
+    calibrate_plan,
     load_plan,
     make_plan,
     measure_step_seconds,

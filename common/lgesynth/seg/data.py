@@ -35,7 +35,7 @@ from torch.utils.data import DistributedSampler
 
 from lgesynth.data.datalist import load_datalist
 from lgesynth.errors import DataError
-from lgesynth.seg.plan import load_plan, make_plan, write_plan
+from lgesynth.seg.plan import calibrate_plan, load_plan, make_plan, write_plan
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -46,11 +46,14 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def ensure_plan(plan_path: str | Path | None, datalist: str | Path, output_dir: str | Path,
-                preset: str = "cpu", budget_minutes: float | None = None) -> dict:
+                preset: str = "cpu", budget_minutes: float | None = None, calibrate: bool = False) -> dict:
     """The training plan: ``plan_path`` when given (it must exist; a copy goes to ``output_dir/plan.json``
     so that the run folder holds the plan its model was trained with); else ``output_dir/plan.json``,
     made from the training section's fingerprint with ``preset`` / ``budget_minutes`` when missing
-    (so a resumed run keeps its plan, and a user's edit of it is respected).
+    (so a resumed run keeps its plan, and a user's edit of it is respected). ``calibrate``: a new plan
+    with a time budget is re-planned from one step of its network timed on this machine
+    (:func:`lgesynth.seg.plan.calibrate_plan`), so the budget holds here and not only on the machine the
+    cost model was measured on.
 
     Raises:
         DataError: naming ``plan_path`` when it is given but missing or not a plan.
@@ -66,6 +69,8 @@ def ensure_plan(plan_path: str | Path | None, datalist: str | Path, output_dir: 
     from lgesynth.data.fingerprint import fingerprint
 
     plan = make_plan(fingerprint(datalist, "training"), preset=preset, budget_minutes=budget_minutes)
+    if calibrate and plan["budget"]["budget_minutes"] is not None:
+        plan = calibrate_plan(plan)
     write_plan(path, plan)
     return plan
 

@@ -286,7 +286,7 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
                    budget_minutes: float | None = None, synthetic_ratio=0.5, tracking_uri: str | None = None,
                    experiment_name: str = "scar_seg_experiment", plan: str | Path | None = None,
                    num_workers: int | None = None, overrides: dict | None = None, logging_file=False,
-                   n_boot: int = N_BOOTSTRAP) -> dict:
+                   n_boot: int = N_BOOTSTRAP, calibrate: bool = True) -> dict:
     """Train, evaluate and compare both arms for every seed (module doc); returns the comparison.
 
     Args:
@@ -303,6 +303,8 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
         overrides: further train.yaml keys for both arms (e.g. ``{"val_interval": 2}``).
         logging_file: MONAI's ``logging_file`` (False: leave the caller's logging alone; None: the bundle's).
         n_boot: bootstrap resamples.
+        calibrate: time one step of the planned network here and re-plan so that the budget holds on
+            this machine (:func:`lgesynth.seg.data.ensure_plan`); only when the plan is made.
     """
     from lgesynth.seg.data import ensure_plan
 
@@ -310,7 +312,7 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
     seeds = _seeds(seeds)
     _check_inputs(real, synthetic)
     out.mkdir(parents=True, exist_ok=True)
-    the_plan = ensure_plan(plan, real, out, preset=preset, budget_minutes=budget_minutes)
+    the_plan = ensure_plan(plan, real, out, preset=preset, budget_minutes=budget_minutes, calibrate=calibrate)
     plan_path = out / "plan.json"
     tracking_uri = tracking_uri or f"sqlite:///{out / 'mlruns.db'}"
     overrides = dict(overrides or {})
