@@ -31,8 +31,9 @@ from monai.engines import Evaluator
 
 from lgesynth.edm import SCAR_PATTERNS, EDMLoss, LatentStandardizer, estimate_sigma_data, scar_condition
 from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
-from lgesynth.engines.inr2vec import SubjectMean, seed_of, shard_of_rank
+from lgesynth.engines.inr2vec import SubjectMean, shard_of_rank
 from lgesynth.errors import DataError
+from lgesynth.inr.sampling import seed_of
 from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, state_sha256
 from lgesynth.io import atomic_path, write_json
 from lgesynth.synth.generate import FILES, GENERATOR_FORMAT, GENERATOR_JSON, condition_parts

@@ -44,7 +44,7 @@ from lgesynth.data.datalist import stratified_split
 from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.fit import resolve_dtype
-from lgesynth.inr.sampling import PointSampler
+from lgesynth.inr.sampling import PointSampler, seed_of
 from lgesynth.inr2vec.augment import augment_params
 from lgesynth.inr2vec.decoder import ImplicitDecoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
@@ -54,11 +54,6 @@ from lgesynth.io import write_json
 logger = logging.getLogger("lgesynth.inr2vec")
 MODEL_JSON = "inr2vec_model.json"
 MODEL_FORMAT = "lgesynth.inr2vec_model"
-
-
-def seed_of(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (``seed, iteration, rank``)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def split_bank(bank: InrBank, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[int]]:

@@ -172,7 +172,7 @@ class InrFitTrainer(Engine):
             if self._bar is not None and info.finished:
                 self._bar.update(len(info.finished))
 
-        result = fit(targets, self.coords, self.init_params, self.spec, self.fit_config, on_step)
+        result = fit(targets, self.coords, self.init_params, self.spec, self.fit_config, on_step, subject_ids=idx)
         cases = [self.cohort.cases[i] for i in idx]
         entries = [self.cohort.entries[i] for i in idx]
         part = bank_from_fit(

@@ -11,6 +11,13 @@ the batch stays full until the queue is empty; a subject that reaches ``max_step
 use the per-step ``callback`` (``StepInfo``: losses, finished subjects and their final weights) for
 logging and for writing finished subjects out at once.
 
+A subject's fit depends only on its own data, the init, the config and its ``subject_id``, not on which
+subjects share its batch, chunk or rank: it draws its points from its own generator
+(``seed_of(config.seed, subject_id)``), its Adam state and step count are its own, and its stopping
+checks run on its own step count. What batching can change is float summation order inside the
+batched GEMMs (bitwise equal on CPU with one thread; ~1e-7 relative elsewhere), so the INR fit under
+torchrun gives the single-process bank within that noise (``tests/test_inr_fit_bundle.py``).
+
 ``BatchFitter`` is the step-level object (used by ``fit`` and by the Reptile meta-learner).
 """
 
@@ -25,7 +32,7 @@ import torch
 from lgesynth.inr.batched import Workspace
 from lgesynth.inr.loss import LossWeights, fit_metrics, joint_loss_grad, psnr
 from lgesynth.inr.render import forward_chunked
-from lgesynth.inr.sampling import PointSampler
+from lgesynth.inr.sampling import PointSampler, seed_of
 from lgesynth.inr.siren import SirenSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -108,14 +115,19 @@ class BatchFitter:
 
     Args:
         spec: architecture; targets ``(S, grid, 3)`` and coords ``(grid, 3)`` (see ``PointSampler``).
+        subject_ids: ``(S,)`` integers naming the subjects (default ``0..S-1``); subject s draws its
+            points from a generator seeded with ``seed_of(config.seed, subject_ids[s])``.
     """
 
-    def __init__(self, spec: SirenSpec, targets: torch.Tensor, coords: torch.Tensor, config: FitConfig, slots: int | None = None):
+    def __init__(self, spec: SirenSpec, targets: torch.Tensor, coords: torch.Tensor, config: FitConfig, slots: int | None = None,
+                 subject_ids: list[int] | None = None):
         self.spec, self.cfg = spec, config
         self.targets, self.coords = targets, coords
         self.slots = slots or config.batch_size
-        gen = torch.Generator().manual_seed(config.seed)
-        self.sampler = PointSampler(coords, targets, config.points, config.myo_fraction, gen)
+        ids = range(targets.shape[0]) if subject_ids is None else subject_ids
+        assert len(ids) == targets.shape[0], (len(ids), targets.shape[0])
+        self.generators = [torch.Generator().manual_seed(seed_of(config.seed, i)) for i in ids]
+        self.sampler = PointSampler(coords, targets, config.points, config.myo_fraction)
         dev = targets.device
         self.ws = Workspace(spec, self.slots, self.sampler.points, resolve_dtype(config.compute_dtype, dev), dev)
         # parameters, gradients and Adam moments live in flat (slots, num_params) buffers, with per-layer
@@ -171,7 +183,7 @@ class BatchFitter:
         """One Adam step on all active slots; returns their training-batch MSE ``(n,)``, and with
         ``metrics`` also ``fit_metrics`` on the training batch (a cheap estimate of the full-grid ones)."""
         n = self.n
-        coords, target = self.sampler.sample(self.rows)
+        coords, target = self.sampler.sample(self.rows, [self.generators[s] for s in self.rows.tolist()])
         out = self.ws.forward(self.view(self.params), coords)
         dout = self.dout[:n]
         mse = joint_loss_grad(out, target, dout, self.loss_w)
@@ -218,7 +230,8 @@ def _meets(cfg: FitConfig, m: dict[str, torch.Tensor], i: int) -> bool:
 
 
 def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], spec: SirenSpec = SirenSpec(),
-        config: FitConfig = FitConfig(), callback: Callable[[StepInfo], None] | None = None) -> FitResult:
+        config: FitConfig = FitConfig(), callback: Callable[[StepInfo], None] | None = None,
+        subject_ids: list[int] | None = None) -> FitResult:
     """Fit one SIREN per subject, all from the same ``init``.
 
     Args:
@@ -227,13 +240,15 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
         coords: ``(grid_points, 3)`` canonical coordinates, or ``(subjects, grid_points, 3)`` per subject.
         init: one subject's initial params ``[w0, b0, ...]`` (``siren.init_params`` or a meta-learned init).
         callback: called after every step with a ``StepInfo``.
+        subject_ids: ``(subjects,)`` integers that seed each subject's point draws (``BatchFitter``), e.g.
+            the subjects' positions in the datalist; default ``0..subjects-1``.
     Returns:
         ``FitResult`` with stacked fp32 params in subject order and per-subject steps and metrics.
     """
     cfg = config
     t0 = time.perf_counter()
     S = targets.shape[0]
-    fitter = BatchFitter(spec, targets, coords, cfg, slots=min(cfg.batch_size, S))
+    fitter = BatchFitter(spec, targets, coords, cfg, slots=min(cfg.batch_size, S), subject_ids=subject_ids)
     queue = list(range(S))
     init = [p.to(targets.device) for p in init]
     out = [torch.empty(S, *p.shape, device=targets.device) for p in init]
