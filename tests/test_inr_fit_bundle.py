@@ -1,12 +1,16 @@
 """The inr_fit bundle end to end on a tiny cohort (tiny SIREN, tiny grid, few steps):
 train writes a bank and an MLflow run, a killed run resumes without refitting finished subjects,
 evaluate writes the CSV columns, inference renders on the original grid and at another spacing
-keeping the physical extent, and a bad datalist fails naming the file."""
+keeping the physical extent, a bad datalist fails naming the file, and a two-rank torchrun fit gives
+the one-process bank (``slow``)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +165,46 @@ def _root_message(exc: BaseException) -> str:
             return str(exc)
         exc = exc.__cause__ or exc.__context__
     return "\n".join(messages)
+
+
+# ---- torchrun: two ranks give the one-process bank
+
+# targets a tiny SIREN reaches in ~100 steps: subjects stop early, each at its own step; chunks of 3 with
+# 2 slots, so slots are refilled, and the two ranks' chunks ([p001, p003, p005], [p002, p004]) hold other
+# batch-mates than the single process's ([p001, p002, p003], [p004, p005])
+EARLY_STOP = {**TINY, "fit#lr": 0.003, "fit#max_steps": 300, "fit#target_psnr": 25.0, "fit#target_dice_myo": 0.9,
+              "fit#target_dice_scar": 0.8, "chunk_subjects": 3}
+# A subject's fit depends only on its data, the init, the config and its datalist position (its own point
+# generator, Adam state, step count); batch-mates can only change the float summation order inside the
+# batched GEMMs. That is bitwise nothing on CPU with one thread (measured: max |dw| = 0); the tolerances
+# leave room for other GEMM kernels: weights of order 0.1-1, so 1e-4 absolute is far below any fit change.
+WEIGHT_ATOL, PSNR_ATOL_DB, DICE_ATOL = 1e-4, 0.01, 1e-3
+
+
+@pytest.mark.slow
+def test_two_rank_torchrun_fit_equals_the_one_process_fit(tmp_path):
+    from lgesynth.inr.bank import same_init
+
+    datalist = write_tiny_datalist(tmp_path / "data", n_cases=5)
+    _run("train.yaml", datalist=str(datalist), output_dir=str(tmp_path / "one"), **EARLY_STOP)
+    files = str([str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", files, "--datalist", str(datalist), "--output_dir", str(tmp_path / "two")]
+    for key, value in EARLY_STOP.items():
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not list((tmp_path / "two").glob("rank*"))  # the shard banks were merged and removed
+
+    one, two = load_bank(tmp_path / "one"), load_bank(tmp_path / "two")
+    assert two.ids == one.ids == ["p001", "p002", "p003", "p004", "p005"]
+    assert same_init(two.init, one.init)  # rank 0 meta-learned the same init
+    steps = [s["steps"] for s in one.subjects]
+    assert all(s["reached"] for s in one.subjects) and len(set(steps)) > 1, steps  # early stops, at different steps
+    for a, b in zip(one.subjects, two.subjects):
+        assert (b["steps"], b["reached"]) == (a["steps"], a["reached"]), a["id"]
+        assert b["psnr"] == pytest.approx(a["psnr"], abs=PSNR_ATOL_DB), a["id"]
+        for key in ("dice_myo", "dice_scar"):
+            assert (b[key] is None) == (a[key] is None) and (a[key] is None or abs(b[key] - a[key]) <= DICE_ATOL), (a["id"], key)
+    for name, w in one.weights.items():
+        np.testing.assert_allclose(two.weights[name].numpy(), w.numpy(), rtol=0, atol=WEIGHT_ATOL, err_msg=name)
