@@ -25,7 +25,7 @@ from conftest import write_tiny_datalist
 from lgesynth.errors import DataError
 from lgesynth.io import save_nifti
 from lgesynth.seg import make_plan, regional_metrics, write_plan
-from lgesynth.seg.data import MixedSampler, ensure_plan, slice_last_plan, split_training, synthetic_fraction
+from lgesynth.seg.data import MixedSampler, SeededSamples, ensure_plan, slice_last_plan, split_training, synthetic_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "scar_seg" / "configs"
@@ -219,6 +219,25 @@ def test_validation_split_never_uses_test(tmp_path):
     split = split_training(datalist, val_fraction=0.2, seed=0)
     assert len(split["val"]) == 1 and len(split["train"]) == 4
     assert "p006" not in {d["id"] for d in split["train"] + split["val"]}
+
+
+def test_seeded_samples_depend_on_their_seed_only(tmp_path):
+    """A sample's random crop is a function of its seed, not of what the dataset made before (or where)."""
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, RandSpatialCropd
+
+    data = [{"image": torch.arange(64.0).reshape(1, 8, 8) + 100 * i} for i in range(3)]
+    dataset = CacheDataset(data, Compose([RandSpatialCropd("image", (3, 3), random_size=False)]), progress=False)
+    samples = SeededSamples(dataset)
+    first = samples[(1, 7)]["image"]
+    _ = [samples[(i, 100 + i)] for i in range(3)]
+    assert torch.equal(samples[(1, 7)]["image"], first)
+    assert any(not torch.equal(samples[(1, s)]["image"], first) for s in (8, 9, 10))
+    whole = MixedSampler(list(range(6)), 4, ratio=0.5, num_samples=12, seed=3, sample_seeds=True)
+    shards = [list(MixedSampler(list(range(6)), 4, ratio=0.5, num_samples=12, num_replicas=2, rank=r, seed=3,
+                                sample_seeds=True)) for r in (0, 1)]
+    assert [pair for both in zip(*shards) for pair in both] == list(whole)  # rank r: positions r::2 of one sequence
+    assert [i for i, _ in whole] == whole.epoch_indices()
 
 
 @pytest.mark.slow

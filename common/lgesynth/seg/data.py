@@ -17,6 +17,11 @@ training frame, real/synthetic mixing, and the 2D/3D switch.
   only, r = 1: synthetic only); ``"all"`` simply concatenates the two lists and shuffles (the share is
   then whatever the two sizes give). It is a ``DistributedSampler``, so one class serves one process and torchrun (each rank takes
   its share of the same seeded order; MONAI's trainer calls ``set_epoch`` on it).
+- **Seeded samples** (``MixedSampler(sample_seeds=True)`` + :class:`SeededSamples`): the sampler also
+  gives every position of the epoch order a seed, and the dataset re-seeds its random transforms (patch
+  crop, augmentation) with it before making that sample. A sample is then a function of (seed, epoch,
+  position) only, not of the process, rank or loader worker that makes it: W ranks with batch B see
+  exactly the samples of one process with batch W·B (``multi_gpu_train.yaml``), whatever ``num_workers``.
 - **2D plans** (:class:`ToPlanDimsd`): training crops are 3D patches of depth 1 along the slice axis
   (last); this transform drops that axis so the 2D DynUNet sees (channel, x, y). Validation and
   inference run on whole volumes with MONAI's ``SliceInferer``.
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import MapTransform, SqueezeDim
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from lgesynth.data.datalist import load_datalist
 from lgesynth.errors import DataError
@@ -214,11 +219,13 @@ class MixedSampler(DistributedSampler):
             plus the synthetic ones that the ratio adds to it (all synthetic ones for ``"all"``).
         num_replicas, rank: torchrun world size and this process's rank (default 1 and 0).
         seed: the order is a function of (seed, epoch) only, identical on every rank.
+        sample_seeds: yield ``(index, sample seed)`` pairs for :class:`SeededSamples` instead of indices.
     """
 
     def __init__(self, dataset, n_real: int, ratio=0.5, num_samples: int | None = None,
-                 num_replicas: int = 1, rank: int = 0, seed: int = 0):
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0, sample_seeds: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.sample_seeds = bool(sample_seeds)
         self.n_real, self.n_synthetic = int(n_real), len(dataset) - int(n_real)
         if self.n_real + self.n_synthetic == 0:
             raise ValueError("no training cases: the datalist's training section and the synthetic datalist are empty")
@@ -240,19 +247,46 @@ class MixedSampler(DistributedSampler):
             out += (offset + torch.randperm(n, generator=g)).tolist()
         return out[:count]
 
-    def epoch_indices(self) -> list[int]:
-        """All ranks' indices for the current epoch (length ``num_samples · num_replicas``)."""
+    def epoch_order(self) -> tuple[list[int], list[int]]:
+        """All ranks' indices for the current epoch (length ``num_samples · num_replicas``) and a seed per position."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         n_synthetic = self.n_synthetic_per_epoch
         both = (self._passes(self.n_real, 0, self.total_size - n_synthetic, g)
                 + self._passes(self.n_synthetic, self.n_real, n_synthetic, g))
-        return [both[i] for i in torch.randperm(len(both), generator=g).tolist()]
+        order = [both[i] for i in torch.randperm(len(both), generator=g).tolist()]
+        return order, torch.randint(2**31 - 1, (len(order),), generator=g).tolist()  # drawn after the order
+
+    def epoch_indices(self) -> list[int]:
+        """All ranks' indices for the current epoch (length ``num_samples · num_replicas``)."""
+        return self.epoch_order()[0]
 
     def __iter__(self):
-        return iter(self.epoch_indices()[self.rank :: self.num_replicas])
+        order, seeds = self.epoch_order()
+        items = list(zip(order, seeds)) if self.sample_seeds else order
+        return iter(items[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class SeededSamples(Dataset):
+    """``dataset`` indexed by the ``(index, seed)`` pairs of ``MixedSampler(sample_seeds=True)``.
+
+    Item ``(i, seed)`` is ``dataset[i]`` made after re-seeding ``dataset.transform`` (a MONAI ``Compose``,
+    which seeds each of its random transforms from ``seed``), so its random crop and augmentation depend
+    on ``seed`` alone (module doc). Works with loader workers: each re-seeds its own copy per item.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        self.dataset.transform.set_random_state(seed=int(seed))
+        return self.dataset[int(index)]
 
 
 # ---------------------------------------------------------------------------------------------
