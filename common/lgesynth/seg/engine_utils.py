@@ -2,6 +2,9 @@
 
 - :class:`DeepSupervisionHeads`: DynUNet stacks its deep-supervision outputs in training,
   ``(batch, 1 + heads, classes, *spatial)``; MONAI's ``DeepSupervisionLoss`` wants them as a list.
+- :class:`GlobalBatchDiceCELoss`: MONAI's ``DiceCELoss`` with batch Dice, the Dice sums taken over the
+  batches of all torchrun ranks (as nnU-Net's DDP trainer does), so DDP trains on the loss of the
+  global batch rather than on the mean of per-rank batch Dice losses.
 - :class:`StructureMasksd` and :func:`structure_output`: Dice on our structures (DESIGN.md, data
   contract), myocardium = label in {1, 2} and scar = label 2, rather than on the classes 1 and 2.
 - :func:`plan_inferer`: sliding-window inference with the plan's patch: MONAI's
@@ -49,6 +52,64 @@ class DeepSupervisionHeads(torch.nn.Module):
         if pred.dim() == target.dim() + 1:
             pred = list(torch.unbind(pred, dim=1))
         return self.loss(pred, target)
+
+
+class SumOverRanks(torch.autograd.Function):
+    """``all_reduce(SUM)`` with autograd: every rank's loss uses the sum, so the gradient of a rank's
+    summand is the sum of all ranks' gradients of the sum (nnU-Net's ``AllGatherGrad``, for a sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchDiceCELoss(torch.nn.Module):
+    """``DiceCELoss(to_onehot_y=True, softmax=True, batch=True)`` over the global batch of all ranks.
+
+    With softmax p and one-hot y of the classes scored (background dropped unless
+    ``include_background``), summed over batch and space:
+
+        Dice_c = 1 - (2 sum p_c y_c + smooth_nr) / (sum p_c + sum y_c + smooth_dr)
+        L = mean_c Dice_c + CE(logits, y)    (CE: mean over this rank's voxels)                 (1)
+
+    Under torch.distributed the three sums are all-reduced (``SumOverRanks``: its backward all-reduces the
+    gradient too), so every rank computes the Dice of the global batch.
+    Gradients then match one process with the whole batch: the backward of the sum adds the W ranks'
+    identical Dice gradients (factor W), DDP's gradient mean divides by W again, and DDP's mean of the
+    per-rank CE means is the global CE mean (equal batches). Without torch.distributed: MONAI's
+    ``DiceCELoss`` with these settings (``tests/test_scar_seg_bundle.py`` checks both).
+
+    Args: ``logits: (batch, classes, *spatial)``, ``target: (batch, 1, *spatial)`` class indices.
+    """
+
+    def __init__(self, include_background: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5):
+        super().__init__()
+        self.include_background, self.smooth_nr, self.smooth_dr = include_background, smooth_nr, smooth_dr
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        import torch.nn.functional as F
+
+        labels = target[:, 0].long()
+        p = torch.softmax(logits, 1)
+        y = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(p)
+        if not self.include_background:
+            p, y = p[:, 1:], y[:, 1:]
+        dims = [0, *range(2, p.dim())]
+        sums = torch.stack([(p * y).sum(dims), p.sum(dims), y.sum(dims)])  # (3, classes): tp, sum p, sum y
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sums = SumOverRanks.apply(sums)
+        tp, pred, ref = sums
+        dice = 1 - (2 * tp + self.smooth_nr) / (pred + ref + self.smooth_dr)
+        return dice.mean() + F.cross_entropy(logits, labels)
 
 
 class StructureMasksd(MapTransform):
