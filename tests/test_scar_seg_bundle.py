@@ -292,6 +292,8 @@ def test_two_rank_torchrun_training_equals_one_process_with_the_double_batch(tmp
     assert list(two) == list(one)
     for name, w in one.items():
         torch.testing.assert_close(two[name], w, rtol=0, atol=DDP_WEIGHT_ATOL, msg=name)
+    shipped = torch.load(tmp_path / "two" / "models" / "model.pt", weights_only=True)  # rank 0's export, no "module."
+    assert list(shipped) == list(two) and all(torch.equal(shipped[k], two[k]) for k in two)
 
 
 def _ring_batch(n: int = 48, batch: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,8 @@
   list (a cycle), so these two add the engine they are attached to as ``"trainer"``.
 - :class:`TrainLog`: per epoch, loss, learning rate, wall time and seconds per iteration (validation
   excluded) and the validator's metrics, to ``train_log.json``, rewritten atomically each epoch.
+- :class:`ModelExporter`: at the end of training, the network as MONAI's model zoo ships it,
+  ``models/model.pt`` (weights only), with the ``plan.json`` that builds it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import MapTransform
 
 from lgesynth.data.labels import MYOCARDIUM, SCAR
-from lgesynth.io import write_json
+from lgesynth.io import atomic_path, write_json
+from lgesynth.seg.plan import write_plan
 
 STRUCTURES = ("myo", "scar")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
@@ -239,3 +242,31 @@ class TrainLog:
             entry.update({k: float(v) for k, v in state.metrics.items() if isinstance(v, (int, float))})
         entries.append(entry)
         write_json(self.path, entries)
+
+
+class ModelExporter:
+    """At the end of training (``Events.COMPLETED``; rank 0 only under torchrun), the trained network as the
+    bundle ships it, in ``models_dir``:
+
+    - ``model.pt``: the network's weights alone (a plain state dict on the CPU), the file MONAI's
+      ``monai.bundle.load`` and ``ckpt_export`` read (``model_final.pt`` also holds the optimiser,
+      LR schedule and trainer state, for resuming);
+    - ``plan.json``: the plan the network was built from; without it the weights have no network.
+
+    ``network`` is the bare network (``@network_def``), also under DDP, so the keys carry no ``module.``.
+    Written only when a run completes: a run that raised keeps no ``model.pt`` from before it.
+    """
+
+    def __init__(self, models_dir: str | Path, network: torch.nn.Module, plan: dict):
+        self.models_dir, self.network, self.plan = Path(models_dir), network, plan
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        weights = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        with atomic_path(self.models_dir / "model.pt") as tmp:
+            torch.save(weights, tmp)
+        write_plan(self.models_dir / "plan.json", self.plan)
