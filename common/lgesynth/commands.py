@@ -166,7 +166,8 @@ def pack(bundle_dir: str, out: str = ".", large_mb: float = 25.0, url_base: str 
     """Zip a trained bundle for the MONAI model zoo: ``OUT/<name>_v<version>.zip`` (see ``lgesynth.pack``).
 
     Args:
-        bundle_dir: the bundle folder (above configs/), e.g. bundles/edm_synth after training.
+        bundle_dir: the bundle folder (above configs/), e.g. bundles/edm_synth after training, or bundles/scar_seg
+            trained with --models_dir bundles/scar_seg/models.
         out: folder the zip is written to.
         large_mb: model files above this size are listed in ``large_files.yml`` (the zoo's 25 MB rule).
         url_base: where you will host those files (their ``url`` is url_base/models/<file>).

@@ -10,6 +10,12 @@ As the zoo's release zips, the archive has one top folder, the bundle name (the 
     large_files.yml   when a model file exceeds ``large_mb``: the zoo keeps files over 25 MB out of git
                       and lists them as ``path``, ``url``, ``hash_val``, ``hash_type``
 
+A planned network (scar_seg: ``models/plan.json`` beside ``models/model.pt``) is 2D or 3D with the patch
+its training data gave it, so the zip's ``configs/metadata.json`` records that patch as the
+``spatial_shape`` of the network's ``image`` input and ``pred`` output (:func:`shipped_metadata`):
+``python -m monai.bundle verify_net_in_out`` and ``ckpt_export --use_trace True`` then check and trace
+the network that is shipped, not the example patch of the repository's metadata.
+
 ``python -m monai.bundle download --name <name> --url <where the zip is served> --bundle_dir D`` unpacks
 it into ``D/<name>``, and ``python -m monai.bundle run --config_file D/<name>/configs/inference.yaml``
 runs it from there.
@@ -17,6 +23,7 @@ runs it from there.
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -24,6 +31,7 @@ from pathlib import Path
 from lgesynth.errors import DataError
 from lgesynth.io import atomic_path, file_sha256, read_json
 
+PLAN_JSON = "plan.json"  # a planned network's topology (lgesynth.seg.plan), shipped beside its model.pt
 LARGE_FILE_MB = 25.0  # the model zoo asks for Git LFS / large_files.yml above this size
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same bundle packs to the same bytes
 
@@ -47,8 +55,9 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     """The files under ``models/`` that the bundle needs to run; ``DataError`` naming what is missing.
 
     A generator bundle (edm_synth, ``models/generator.json``): the record, the weights it lists and
-    the training-cohort statistics that the quality report compares with. Any other bundle: MONAI's
-    ``models/model.pt`` (and ``models/model.ts`` when exported).
+    the training-cohort statistics that the quality report compares with. A planned network
+    (scar_seg, ``models/plan.json``): ``model.pt`` and the plan that builds it. Any other bundle:
+    MONAI's ``models/model.pt``. Each with ``models/model.ts`` when exported to TorchScript.
     """
     from lgesynth.synth.generate import GENERATOR_JSON, load_generator_record
 
@@ -62,11 +71,33 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
                 raise DataError(models / name, "missing: the edm_synth train run writes it beside generator.json; "
                                 "copy the whole models folder of a finished run")
     else:
-        files = [name for name in ("model.pt", "model.ts") if (models / name).is_file()]
-        if not files:
-            raise DataError(models / "model.pt", "not found: train the bundle (or copy its trained weights there) "
-                            "before packing it")
+        planned = (models / PLAN_JSON).is_file() or root.name == "scar_seg"
+        files = ["model.pt", PLAN_JSON] if planned else ["model.pt"]
+        for name in files:
+            if not (models / name).is_file():
+                raise DataError(models / name, "not found: train the bundle with --models_dir "
+                                f"{models} (the end of training writes {' and '.join(files)}), or copy a "
+                                "trained run's models/ there, before packing it")
+    files += ["model.ts"] if (models / "model.ts").is_file() else []
     return [models / name for name in dict.fromkeys(files)]
+
+
+def shipped_metadata(meta_path: Path, plan_path: Path) -> bytes:
+    """``metadata.json`` with the ``spatial_shape`` of ``network_data_format`` ``inputs.image`` and
+    ``outputs.pred`` set to the patch of the plan in ``plan_path`` (slice-last frame, as the network sees it)."""
+    from lgesynth.seg.data import slice_last_plan
+    from lgesynth.seg.plan import load_plan
+
+    doc = read_json(meta_path)
+    patch = list(slice_last_plan(load_plan(plan_path))["patch_size"])
+    fmt = doc.get("network_data_format", {})
+    for side, key in (("inputs", "image"), ("outputs", "pred")):
+        if key not in fmt.get(side, {}):
+            raise DataError(meta_path, f"network_data_format has no {side}.{key}: a planned network takes "
+                            "one image and predicts pred (add them, as in bundles/scar_seg)")
+        fmt[side][key]["spatial_shape"] = patch
+    fmt["inputs"]["image"]["layout"] = f"spatial_shape: the patch of models/{PLAN_JSON}, which built this network"
+    return (json.dumps(doc, indent=4, ensure_ascii=False) + "\n").encode()
 
 
 def large_files_yml(files: list[tuple[Path, str]], large_mb: float, url_base: str = "") -> str | None:
@@ -97,9 +128,14 @@ def pack_bundle(bundle_dir: str | Path, out: str | Path = ".", large_mb: float =
     files += model_files(root)
     entries = [(p, p.relative_to(root).as_posix()) for p in files]
     large = large_files_yml([e for e in entries if e[1].startswith("models/")], large_mb, url_base)
+    plan = root / "models" / PLAN_JSON
+    rewritten = {"configs/metadata.json": shipped_metadata(root / "configs" / "metadata.json", plan)} if plan in files else {}
     target = Path(out) / f"{name}_v{version}.zip"
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         for path, arc in entries:
+            if arc in rewritten:
+                zf.writestr(_entry(f"{name}/{arc}"), rewritten[arc])
+                continue
             with open(path, "rb") as src, zf.open(_entry(f"{name}/{arc}"), "w", force_zip64=True) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         if large is not None:
