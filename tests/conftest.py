@@ -11,6 +11,9 @@ and fixtures built on them:
   one without scar, last case in ``"test"``, the rest in ``"training"``.
 - fixtures ``lge_pair`` (one pair under ``tmp_path``) and ``tiny_datalist`` (4 cases under
   ``tmp_path / "tiny"``).
+- ``tiny_seg_plan(path, ...)``: the 2D width-8 scar_seg plan for these stacks (scar_seg, experiment, zoo tests).
+- ``serve_folder(folder)`` (a localhost HTTP server) and ``monai_bundle_cli(*args, cwd=...)`` (``python -m
+  monai.bundle``, in a fresh process or this one) for the model-zoo tests.
 
 Geometry (defaults): 32 x 32 x 6 voxels at 1.5 x 1.5 x 8 mm, the slice axis last. Slices 1..4 hold
 an LV ring (myocardium between radii ``RING_INNER_MM`` and ``RING_OUTER_MM`` around the in-plane
@@ -25,6 +28,12 @@ healthy (nulled) myocardium 150, scar 900.
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +202,7 @@ def fit_tiny_bank(datalist: str | Path, out: str | Path, grid_shape) -> Path:
 REPO = Path(__file__).resolve().parents[1]
 EDM_CONFIGS = REPO / "bundles" / "edm_synth" / "configs"
 INR2VEC_CONFIGS = REPO / "bundles" / "inr2vec" / "configs"
+SCAR_SEG_CONFIGS = REPO / "bundles" / "scar_seg" / "configs"
 GRID = (24, 24, 6)
 TINY_EDM = dict(denoiser_args={"hidden": 64, "blocks": 2, "emb_dim": 32, "noise_channels": 16,
                                "noise_embedding": "positional", "dropout": 0.0},
@@ -239,3 +249,62 @@ def tiny_edm_generator(tiny_inr2vec):
         run_bundle(EDM_CONFIGS, "train.yaml", steps=40, **common)
     return {**tiny_inr2vec, "out": out, "models": models, "first": first,
             "log": json.loads((out / "train_log.json").read_text())}
+
+
+def tiny_seg_plan(path: Path, epochs: int = 2, iterations_per_epoch: int = 6) -> Path:
+    """A scar_seg plan for the 32 x 32 x 6 conftest stacks: 2D, shrunk to width 8 and batch 4."""
+    from lgesynth.seg import make_plan, write_plan
+
+    plan = make_plan(((1.5, 1.5, 8.0), (32, 32, 6)), preset="smoke")
+    assert plan["configuration"] == "2d"
+    plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
+    plan["batch_size"] = 4
+    plan["training"].update(epochs=epochs, iterations_per_epoch=iterations_per_epoch)
+    return write_plan(path, plan)
+
+
+# ---- MONAI's bundle command line against a zip served from localhost (test_pack, test_zoo)
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """``http://127.0.0.1:PORT`` serving ``folder`` from a thread, for ``monai.bundle download --url``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def monai_bundle_cli(*args, cwd: Path, fresh_process: bool = True, timeout: float = 300) -> None:
+    """``python -m monai.bundle ARGS`` run from ``cwd``, failing the test if the command fails.
+
+    ``fresh_process``: a new interpreter whose path holds the installed lgesynth package only (not the
+    repository), one thread. Otherwise MONAI's own ``__main__`` in this process with this ``sys.argv``:
+    the same fire parsing and code, without the 15-30 s of imports a new process costs on a loaded machine.
+    """
+    import runpy
+
+    if fresh_process:
+        import lgesynth
+
+        package_dir = str(Path(lgesynth.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": package_dir, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        done = subprocess.run([sys.executable, "-m", "monai.bundle", *map(str, args)], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return
+    argv, here = sys.argv, os.getcwd()
+    sys.argv = ["monai.bundle", *map(str, args)]
+    os.chdir(cwd)
+    try:
+        runpy.run_module("monai.bundle", run_name="__main__")
+    finally:
+        sys.argv = argv
+        os.chdir(here)

@@ -8,22 +8,15 @@ working directory is elsewhere and whose path holds the lgesynth package only (n
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
-import os
 import shutil
-import subprocess
-import sys
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
-import lgesynth
-from conftest import EDM_CONFIGS, REPO
+from conftest import EDM_CONFIGS, REPO, monai_bundle_cli, serve_folder
 from lgesynth.data.validate import check_datalist
 from lgesynth.errors import DataError
 from lgesynth.pack import pack_bundle
@@ -92,40 +85,24 @@ def test_pack_refuses_a_version_without_changelog_and_missing_models(packed, tmp
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())  # nothing half-written
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def served(packed):
-    """``http://127.0.0.1:PORT/`` serving the dist folder from a thread."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(packed["zip"].parent)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{packed['zip'].name}"
-    server.shutdown()
-    server.server_close()
+    """The zip's URL on a localhost HTTP server."""
+    with serve_folder(packed["zip"].parent) as base:
+        yield f"{base}/{packed['zip'].name}"
 
 
 def test_downloaded_bundle_generates_a_valid_cohort_on_its_own(served, tmp_path):
-    package_dir = str(Path(lgesynth.__file__).resolve().parents[1])  # the installed library, nothing else
-    env = {**os.environ, "PYTHONPATH": package_dir, "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     downloaded, work = tmp_path / "bundles", tmp_path / "work"
     downloaded.mkdir()
     work.mkdir()
-    fetch = [sys.executable, "-m", "monai.bundle", "download", "--name", "edm_synth", "--url", served,
-             "--bundle_dir", str(downloaded)]
-    done = subprocess.run(fetch, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    monai_bundle_cli("download", "--name", "edm_synth", "--url", served, "--bundle_dir", downloaded, cwd=work)
     bundle = downloaded / "edm_synth"
     assert (bundle / "models" / "generator.json").is_file() and not (bundle / "models" / "checkpoint_epoch=4.pt").exists()
 
     out = tmp_path / "cohort"
-    run = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.yaml"),
-           "--num_samples", "3", "--output_dir", str(out), "--num_threads", "1"]
-    done = subprocess.run(run, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    monai_bundle_cli("run", "--config_file", bundle / "configs" / "inference.yaml", "--num_samples", "3",
+                     "--output_dir", out, "--num_threads", "1", cwd=work)
     assert check_datalist(out / "datalist.json") == []
     doc = json.loads((out / "datalist.json").read_text())
     assert len(doc["training"]) + len(doc["rejected"]) == 3 and doc["training"]

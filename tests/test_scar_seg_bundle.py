@@ -22,14 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tiny_datalist
+from conftest import SCAR_SEG_CONFIGS, tiny_seg_plan, write_tiny_datalist
 from lgesynth.errors import DataError
 from lgesynth.io import save_nifti
 from lgesynth.seg import make_plan, regional_metrics, write_plan
 from lgesynth.seg.data import MixedSampler, SeededSamples, ensure_plan, slice_last_plan, split_training, synthetic_fraction
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "scar_seg" / "configs"
+CONFIGS = SCAR_SEG_CONFIGS
 EPOCH_ITERATIONS = 6
 
 
@@ -41,13 +40,8 @@ def _run(config: str | list[str], **override):
 
 
 def tiny_plan(path: Path) -> Path:
-    """A 2D plan for the 32 x 32 x 6 conftest stacks, shrunk to width 8 and batch 4."""
-    plan = make_plan(((1.5, 1.5, 8.0), (32, 32, 6)), preset="smoke")
-    assert plan["configuration"] == "2d"
-    plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
-    plan["batch_size"] = 4
-    plan["training"].update(epochs=2, iterations_per_epoch=EPOCH_ITERATIONS)
-    return write_plan(path, plan)
+    """conftest's 2D width-8 plan, 2 epochs of ``EPOCH_ITERATIONS``."""
+    return tiny_seg_plan(path, epochs=2, iterations_per_epoch=EPOCH_ITERATIONS)
 
 
 def _log(output_dir: Path) -> list[dict]:

@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import write_tiny_datalist
+from conftest import tiny_seg_plan, write_tiny_datalist
 from lgesynth.data.datalist import load_datalist, write_datalist
 from lgesynth.errors import DataError
-from lgesynth.seg import make_plan, write_plan
 from lgesynth.seg.experiment import (CONDITIONS, OVERALL_KEYS, REGION_KEYS, bootstrap_ci, paired_statistics,
                                      run_experiment)
 
@@ -29,12 +28,8 @@ EXPERIMENT = "tiny_experiment"
 
 
 def tiny_plan(path: Path) -> Path:
-    """2D plan for the conftest stacks, width 8 (8..64 filters), batch 4, 1 epoch of 4 iterations."""
-    plan = make_plan(((1.5, 1.5, 8.0), (32, 32, 6)), preset="smoke")
-    plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
-    plan["batch_size"] = 4
-    plan["training"].update(epochs=1, iterations_per_epoch=4)
-    return write_plan(path, plan)
+    """conftest's 2D plan (width 8, 8..64 filters, batch 4), 1 epoch of 4 iterations."""
+    return tiny_seg_plan(path, epochs=1, iterations_per_epoch=4)
 
 
 def tiny_cohorts(root: Path) -> tuple[Path, Path]:
