@@ -1,0 +1,73 @@
+"""lgesynth's MONAI Label app: scar_seg segments an uploaded LGE volume, edm_synth adds synthetic pairs.
+
+    monailabel start_server --app apps/monailabel --studies DATASTORE \
+        --conf scar_seg_train_dir runs/scar_seg_real --conf edm_synth bundles/edm_synth
+
+``--conf`` keys (paths relative to the working directory; defaults relative to this repository):
+
+    scar_seg            scar_seg bundle folder (configs/)                    default bundles/scar_seg
+    scar_seg_train_dir  its training output_dir: plan.json, models/*.pt      default <scar_seg>/runs/scar_seg
+    edm_synth           edm_synth bundle folder with a trained models/       default bundles/edm_synth
+    synthetic_samples   samples per generator request without num_samples    default 8
+
+Tasks: infer model ``scar_seg`` (``lib.infers.ScarSegInfer``) and scoring method ``edm_synth``
+(``lib.synthesis.SyntheticPairs``). A task whose files are missing is left out with a warning naming
+them, so the app also serves one of the two.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lib.infers import ScarSegInfer
+from lib.synthesis import SyntheticPairs
+
+import lgesynth
+from monailabel.interfaces.app import MONAILabelApp
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+SCAR_SEG, EDM_SYNTH = "scar_seg", "edm_synth"
+
+
+def _missing(paths: list[Path]) -> list[str]:
+    return [str(p) for p in paths if not p.exists()]
+
+
+class LgesynthApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.scar_seg = Path(conf.get("scar_seg", REPO / "bundles" / SCAR_SEG)).resolve()
+        self.train_dir = Path(conf.get("scar_seg_train_dir", self.scar_seg / "runs" / SCAR_SEG)).resolve()
+        self.edm_synth = Path(conf.get("edm_synth", REPO / "bundles" / EDM_SYNTH)).resolve()
+        self.synthetic_samples = int(conf.get("synthetic_samples", 8))
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="lgesynth",
+                         description="LGE scar segmentation (scar_seg) and synthetic LGE image + label pairs (edm_synth)",
+                         version=lgesynth.__version__)
+
+    def init_infers(self) -> dict:
+        needed = [self.scar_seg / "configs" / "inference.yaml", self.train_dir / "plan.json",
+                  self.train_dir / "models" / "model_final.pt"]
+        missing = _missing(needed)
+        if missing:
+            logger.warning(f"infer model {SCAR_SEG} left out, missing: {missing}; train the scar_seg bundle "
+                           "and pass its output_dir with --conf scar_seg_train_dir DIR")
+            return {}
+        return {SCAR_SEG: ScarSegInfer(self.scar_seg, self.train_dir)}
+
+    def init_scoring_methods(self) -> dict:
+        needed = [self.edm_synth / "configs" / "inference.yaml", self.edm_synth / "models" / "generator.json"]
+        missing = _missing(needed)
+        if missing:
+            logger.warning(f"scoring method {EDM_SYNTH} left out, missing: {missing}; train the edm_synth "
+                           "bundle (or download a packed one) and pass its folder with --conf edm_synth DIR")
+            return {}
+        return {EDM_SYNTH: SyntheticPairs(self.edm_synth, self.synthetic_samples)}
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label runs every scoring method by itself (at start, after training, after next-sample);
+        the generator runs only when asked for by name (``POST /scoring/edm_synth``)."""
+        if method:
+            return super().async_scoring(method, params)
+        return {m: super().async_scoring(m, params) for m in self._scoring_methods if m != EDM_SYNTH}
