@@ -32,8 +32,12 @@ REPO = Path(__file__).resolve().parents[2]
 SCAR_SEG, EDM_SYNTH = "scar_seg", "edm_synth"
 
 
-def _missing(paths: list[Path]) -> list[str]:
-    return [str(p) for p in paths if not p.exists()]
+def _ready(task: str, needed: list[Path], what_to_do: str) -> bool:
+    """Whether every file a task needs is there; if not, a warning that names the missing ones."""
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        logger.warning(f"{task} left out, missing: {missing}; {what_to_do}")
+    return not missing
 
 
 class LgesynthApp(MONAILabelApp):
@@ -49,19 +53,15 @@ class LgesynthApp(MONAILabelApp):
     def init_infers(self) -> dict:
         needed = [self.scar_seg / "configs" / "inference.yaml", self.train_dir / "plan.json",
                   self.train_dir / "models" / "model_final.pt"]
-        missing = _missing(needed)
-        if missing:
-            logger.warning(f"infer model {SCAR_SEG} left out, missing: {missing}; train the scar_seg bundle "
-                           "and pass its output_dir with --conf scar_seg_train_dir DIR")
+        if not _ready(f"infer model {SCAR_SEG}", needed,
+                      "train the scar_seg bundle and pass its output_dir with --conf scar_seg_train_dir DIR"):
             return {}
         return {SCAR_SEG: ScarSegInfer(self.scar_seg, self.train_dir)}
 
     def init_scoring_methods(self) -> dict:
         needed = [self.edm_synth / "configs" / "inference.yaml", self.edm_synth / "models" / "generator.json"]
-        missing = _missing(needed)
-        if missing:
-            logger.warning(f"scoring method {EDM_SYNTH} left out, missing: {missing}; train the edm_synth "
-                           "bundle (or download a packed one) and pass its folder with --conf edm_synth DIR")
+        if not _ready(f"scoring method {EDM_SYNTH}", needed, "train the edm_synth bundle (or download a packed "
+                      "one) and pass its folder with --conf edm_synth DIR"):
             return {}
         return {EDM_SYNTH: SyntheticPairs(self.edm_synth, self.synthetic_samples)}
 
