@@ -51,7 +51,7 @@ HTTP.trust_env = False  # straight to 127.0.0.1, whatever proxy the environment 
 
 @pytest.fixture(scope="module")
 def scar_seg_run(tmp_path_factory) -> Path:
-    """A scar_seg training output_dir (plan.json, models/model_final.pt): 1 epoch of 4 iterations."""
+    """A scar_seg training output_dir (models/model.pt + models/plan.json): 1 epoch of 4 iterations."""
     root = tmp_path_factory.mktemp("label_scar_seg")
     datalist = write_tiny_datalist(root / "data", n_cases=3)
     plan = tiny_seg_plan(root / "plan.json", epochs=1, iterations_per_epoch=4)
@@ -129,7 +129,7 @@ def generator_job(server) -> dict:
 def test_app_offers_both_tasks_and_starts_no_generation(server):
     info = HTTP.get(f"{server['url']}/info/", timeout=30).json()
     assert info["models"]["scar_seg"]["labels"] == {"healthy myocardium": 1, "scar": 2}
-    assert info["models"]["scar_seg"]["config"]["model_filename"][0] == "model_final.pt"
+    assert info["models"]["scar_seg"]["config"]["model_filename"][0] == "model.pt"
     assert "edm_synth" in info["scoring"]
     # MONAI Label runs every scoring method at start; the app keeps the generator out of that
     assert server["at_start"] == {"scoring": 404, "objects": {}}

@@ -6,7 +6,7 @@
 ``--conf`` keys (paths relative to the working directory; defaults relative to this repository):
 
     scar_seg            scar_seg bundle folder (configs/)                    default bundles/scar_seg
-    scar_seg_train_dir  its training output_dir: plan.json, models/*.pt      default <scar_seg>/runs/scar_seg
+    scar_seg_train_dir  models/{model.pt,plan.json}: the bundle or a run    default <scar_seg> (a packed bundle)
     edm_synth           edm_synth bundle folder with a trained models/       default bundles/edm_synth
     synthetic_samples   samples per generator request without num_samples    default 8
 
@@ -43,7 +43,7 @@ def _ready(task: str, needed: list[Path], what_to_do: str) -> bool:
 class LgesynthApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.scar_seg = Path(conf.get("scar_seg", REPO / "bundles" / SCAR_SEG)).resolve()
-        self.train_dir = Path(conf.get("scar_seg_train_dir", self.scar_seg / "runs" / SCAR_SEG)).resolve()
+        self.train_dir = Path(conf.get("scar_seg_train_dir", self.scar_seg)).resolve()
         self.edm_synth = Path(conf.get("edm_synth", REPO / "bundles" / EDM_SYNTH)).resolve()
         self.synthetic_samples = int(conf.get("synthetic_samples", 8))
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="lgesynth",
@@ -51,8 +51,8 @@ class LgesynthApp(MONAILabelApp):
                          version=lgesynth.__version__)
 
     def init_infers(self) -> dict:
-        needed = [self.scar_seg / "configs" / "inference.yaml", self.train_dir / "plan.json",
-                  self.train_dir / "models" / "model_final.pt"]
+        needed = [self.scar_seg / "configs" / "inference.yaml", self.train_dir / "models" / "plan.json",
+                  self.train_dir / "models" / "model.pt"]
         if not _ready(f"infer model {SCAR_SEG}", needed,
                       "train the scar_seg bundle and pass its output_dir with --conf scar_seg_train_dir DIR"):
             return {}

@@ -5,11 +5,10 @@ from the training run's ``plan.json``), ``inferer`` and ``postprocessing`` (soft
 through the resampling and the slice-last reorientation onto the input's grid, argmax), without the
 ``SaveImaged``: MONAI Label's writer saves the label and the server sends it back.
 
-Why ``BasicInferTask`` and not MONAI Label's ``BundleInferTask``: the bundle task looks for the weights
-in ``<bundle>/models/model.pt``, whereas scar_seg keeps them beside the plan they were trained with, in
-the training run (``train_dir/models/model_final.pt``, ``train_dir/plan.json``); and its module
-imports ``monailabel.transform.post``, which imports torchvision, which this project does not install
-(it would replace the CPU torch). This class does what ``BundleInferTask`` does for these keys.
+Why ``BasicInferTask`` and not MONAI Label's ``BundleInferTask``: the bundle task's module imports
+``monailabel.transform.post``, which imports torchvision, which this project does not install (it would
+replace the CPU torch); and scar_seg's network needs the ``models/plan.json`` beside ``models/model.pt``
+to be built. This class does what ``BundleInferTask`` does for these keys.
 """
 
 from __future__ import annotations
@@ -30,8 +29,9 @@ class ScarSegInfer(BasicInferTask):
 
     Args:
         bundle_dir: the scar_seg bundle folder (``configs/inference.yaml``, ``configs/metadata.json``).
-        train_dir: a scar_seg training ``output_dir``: ``plan.json`` and ``models/model_final.pt``; the run's
-            other ``models/model_*.pt`` (``model_best.pt``) can be picked per request (``model_filename``).
+        train_dir: the scar_seg bundle folder itself or a training ``output_dir``: ``models/model.pt`` and
+            ``models/plan.json`` (written at the end of training); the other ``models/model_*.pt`` of a
+            training run (``model_best.pt``, ``model_final.pt``) can be picked per request (``model_filename``).
     """
 
     def __init__(self, bundle_dir: str | Path, train_dir: str | Path):
