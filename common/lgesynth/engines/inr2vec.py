@@ -41,12 +41,11 @@ from monai.engines import Evaluator
 from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonical
 from lgesynth.data.cohort import case_targets
 from lgesynth.data.datalist import stratified_split
-from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank
+from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank, load_init
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.fit import resolve_dtype
 from lgesynth.inr.sampling import PointSampler, seed_of
 from lgesynth.inr2vec.augment import augment_params
-from lgesynth.inr2vec.decoder import ImplicitDecoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
 from lgesynth.inr2vec.train import Inr2VecModel, evaluate, targets_from_inr, train_step
 from lgesynth.io import write_json
@@ -103,6 +102,7 @@ class Inr2VecData:
         if not self.split["train"]:
             raise ValueError(f"{Path(bank_dir) / BANK_JSON}: no 'training' subjects to train on")
         self.coords = canonical_coords(self.grid.shape, self.z_extent).to(self.device)
+        self.init = load_init(bank_dir, self.bank.init, self.bank.spec)  # the shared init: a siren decoder starts from it
         stacked = self.bank.stacked()
         self.params = {k: [p[rows].to(self.device) for p in stacked] for k, rows in self.split.items()}
         self.targets = {k: self._targets(k) for k in ("train", "val")}
@@ -138,14 +138,13 @@ def standardized(encoder: Inr2VecEncoder, params: list[torch.Tensor], mode: str 
     return encoder.fit_standardization([p.cpu() for p in params], per_element=mode == "per_element")
 
 
-def architecture(encoder: Inr2VecEncoder, decoder: ImplicitDecoder) -> dict:
-    """Constructor arguments of both networks (what ``load_trained`` needs to rebuild them)."""
+def architecture(encoder: Inr2VecEncoder, decoder) -> dict:
+    """Constructor arguments of both networks (what ``load_trained`` needs to rebuild them); the decoder's
+    (``ImplicitDecoder`` or ``SirenDecoder``) with its ``kind``, for ``build_decoder``."""
     return {"encoder": {"spec": encoder.spec.to_dict(), "latent_dim": encoder.latent_dim, "width": encoder.width,
                         "depth": len(encoder.mlp) // 3, "pool": encoder.pool,
                         "center_rows": encoder.center_rows},
-            "decoder": {"latent_dim": decoder.latent_dim, "hidden": decoder.hidden, "layers": decoder.layers,
-                        "num_freqs": decoder.features.num_freqs, "in_features": decoder.features.in_features,
-                        "out_features": decoder.head.out_features}}
+            "decoder": decoder.config()}
 
 
 def shard_of_rank() -> tuple[int, int]:

@@ -27,7 +27,7 @@ from lgesynth.errors import DataError
 from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank, same_init
 from lgesynth.inr.loss import decode
 from lgesynth.inr.siren import SirenSpec
-from lgesynth.inr2vec.decoder import ImplicitDecoder
+from lgesynth.inr2vec.decoder import build_decoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
 from lgesynth.inr2vec.latents import LATENTS_JSON, Latents, load_latents, save_latents, scar_record, state_sha256
 from lgesynth.inr2vec.probe import linear_probe_accuracy
@@ -68,7 +68,7 @@ def load_trained(model_dir: str | Path, checkpoint: str | Path | None = None, de
         raise DataError(record_path, f"not an inr2vec model record (format {record.get('format')!r})")
     enc = dict(record["encoder"])
     encoder = Inr2VecEncoder(SirenSpec.from_dict(enc.pop("spec")), **enc)
-    decoder = ImplicitDecoder(**record["decoder"])
+    decoder = build_decoder(record["decoder"])  # a siren decoder's base weights come from the checkpoint
     path = Path(checkpoint) if checkpoint else find_checkpoint(model_dir)
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key, net in (("encoder", encoder), ("decoder", decoder)):

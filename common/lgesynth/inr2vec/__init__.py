@@ -5,7 +5,10 @@ Modules (one job each):
               params [w0 (S, in, out), b0 (S, out), ...] -> (S, latent_dim); check_spec(spec),
               fit_standardization(params, per_element=False)
     decoder   ImplicitDecoder(latent_dim=512, hidden=256, layers=5, num_freqs=7):
-              (coords (S, P, 3), latent (S, latent_dim)) -> (S, P, 3); decode(...) chunked
+              (coords (S, P, 3), latent (S, latent_dim)) -> (S, P, 3); decode(...) chunked;
+              build_decoder(config, spec, init) for either kind
+    siren_decoder SirenDecoder(spec, latent_dim=512, modulation="shift", init=bank init): functa-style
+              shift modulations of the bank's SIREN, same call as ImplicitDecoder
     augment   permute_neurons (function-preserving), add_weight_noise, augment_params
     train     Inr2VecModel(encoder, decoder).loss(params, coords, targets);
               train_step(model, optimizer, batch, augment=None, grad_clip=1.0, bf16=False),
@@ -15,13 +18,14 @@ Modules (one job each):
 """
 
 from lgesynth.inr2vec.augment import add_weight_noise, augment_params, permute_neurons
-from lgesynth.inr2vec.decoder import FourierFeatures, ImplicitDecoder
+from lgesynth.inr2vec.decoder import FourierFeatures, ImplicitDecoder, build_decoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder, init_std, weight_rows
 from lgesynth.inr2vec.probe import linear_probe_accuracy
+from lgesynth.inr2vec.siren_decoder import SirenDecoder
 from lgesynth.inr2vec.train import Inr2VecModel, encode_bank, evaluate, sample_batch, targets_from_inr, train_step
 
 __all__ = [
     "FourierFeatures", "ImplicitDecoder", "Inr2VecEncoder", "Inr2VecModel", "add_weight_noise", "augment_params",
-    "encode_bank", "evaluate", "init_std", "linear_probe_accuracy", "permute_neurons", "sample_batch",
+    "SirenDecoder", "build_decoder", "encode_bank", "evaluate", "init_std", "linear_probe_accuracy", "permute_neurons", "sample_batch",
     "targets_from_inr", "train_step", "weight_rows",
 ]

@@ -45,6 +45,8 @@ class FourierFeatures(nn.Module):
 class ImplicitDecoder(nn.Module):
     """``f(coords (subjects, points, 3), latent (subjects, latent_dim)) -> (subjects, points, out_features)``.
 
+    ``decoder_args: {kind: fourier, ...}``; the other kind is ``siren_decoder.SirenDecoder`` (``build_decoder``).
+
     Args:
         latent_dim: size of the latent.
         hidden: width of the MLP.
@@ -52,6 +54,8 @@ class ImplicitDecoder(nn.Module):
         num_freqs: Fourier bands of the coordinate features.
         out_features: 3 = intensity, myocardium logit, scar logit.
     """
+
+    kind = "fourier"
 
     def __init__(self, latent_dim: int = 512, hidden: int = 256, layers: int = 5, num_freqs: int = 7,
                  in_features: int = 3, out_features: int = 3):
@@ -67,6 +71,16 @@ class ImplicitDecoder(nn.Module):
             self.film.weight.mul_(0.1)
             self.film.bias.zero_()
         self.head = nn.Linear(hidden, out_features)
+
+    @property
+    def out_features(self) -> int:
+        return self.head.out_features
+
+    def config(self) -> dict:
+        """Constructor arguments, with ``kind`` (what ``build_decoder`` takes back)."""
+        return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": self.hidden, "layers": self.layers,
+                "num_freqs": self.features.num_freqs, "in_features": self.features.in_features,
+                "out_features": self.head.out_features}
 
     def modulations(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``latent (subjects, latent_dim)`` -> ``gamma, beta: (layers, subjects, 1, hidden)``."""
@@ -90,7 +104,33 @@ class ImplicitDecoder(nn.Module):
     @torch.no_grad()
     def decode(self, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
         """``forward`` chunked over points; ``coords (points, 3)`` shared or ``(subjects, points, 3)``."""
-        S = latent.shape[0]
-        if coords.dim() == 2:
-            coords = coords.unsqueeze(0).expand(S, -1, -1)
-        return torch.cat([self(coords[:, s: s + chunk], latent) for s in range(0, coords.shape[1], chunk)], dim=1)
+        return decode_chunked(self, coords, latent, chunk)
+
+
+def decode_chunked(decoder: nn.Module, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+    """``decoder(coords, latent)`` in chunks of points: ``coords (points, 3)`` shared or ``(subjects, points, 3)``."""
+    S = latent.shape[0]
+    if coords.dim() == 2:
+        coords = coords.unsqueeze(0).expand(S, -1, -1)
+    return torch.cat([decoder(coords[:, s: s + chunk], latent) for s in range(0, coords.shape[1], chunk)], dim=1)
+
+
+def build_decoder(config: dict, spec=None, init: list[torch.Tensor] | None = None) -> nn.Module:
+    """A decoder from its ``config()`` (``inr2vec_model.json``, ``generator.json``) or ``decoder_args``.
+
+    ``kind``: ``"fourier"`` (``ImplicitDecoder``; also when absent, as in records written before kinds
+    existed) or ``"siren"`` (``SirenDecoder``; ``spec`` is the bank's architecture unless the config
+    records one, ``init`` the bank's init weights; without ``init`` the checkpoint must supply them).
+    """
+    args = dict(config)
+    kind = args.pop("kind", ImplicitDecoder.kind)
+    if kind == ImplicitDecoder.kind:
+        return ImplicitDecoder(**args)
+    if kind == "siren":
+        from lgesynth.inr2vec.siren_decoder import SirenDecoder
+
+        args.setdefault("spec", spec)
+        if args["spec"] is None:
+            raise ValueError("a siren decoder needs the bank's SIREN architecture (spec)")
+        return SirenDecoder(init=init, **args)
+    raise ValueError(f"decoder kind must be 'fourier' or 'siren', got {kind!r}")

@@ -20,7 +20,6 @@ from torch import nn
 from lgesynth.inr.loss import LossWeights, decode, fit_metrics, joint_loss
 from lgesynth.inr.render import forward_chunked
 from lgesynth.inr.siren import SirenSpec
-from lgesynth.inr2vec.decoder import ImplicitDecoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
 
 
@@ -41,11 +40,11 @@ class Inr2VecModel(nn.Module):
 
     Args:
         encoder: ``Inr2VecEncoder`` (knows the SIREN spec).
-        decoder: ``ImplicitDecoder`` with ``latent_dim == encoder.latent_dim``.
+        decoder: ``ImplicitDecoder`` or ``SirenDecoder`` with ``latent_dim == encoder.latent_dim``.
         loss_weights: weights of the mask terms of eq. (1).
     """
 
-    def __init__(self, encoder: Inr2VecEncoder, decoder: ImplicitDecoder, loss_weights: LossWeights = LossWeights()):
+    def __init__(self, encoder: Inr2VecEncoder, decoder: nn.Module, loss_weights: LossWeights = LossWeights()):
         super().__init__()
         assert decoder.latent_dim == encoder.latent_dim, (decoder.latent_dim, encoder.latent_dim)
         self.encoder, self.decoder, self.loss_weights = encoder, decoder, loss_weights

@@ -131,7 +131,7 @@ class Generator:
         from safetensors.torch import load_file
 
         from lgesynth.edm import EDMPrecond, LatentDenoiser, LatentStandardizer
-        from lgesynth.inr2vec.decoder import ImplicitDecoder
+        from lgesynth.inr2vec.decoder import build_decoder
 
         self.models_dir, self.device = Path(models_dir), torch.device(device)
         self.record = load_generator_record(models_dir)
@@ -140,7 +140,7 @@ class Generator:
         denoiser.load_state_dict(load_file(str(files["denoiser"])))
         self.net = EDMPrecond(denoiser, self.record["sigma_data"]).to(self.device).eval()
         self.standardizer = LatentStandardizer.load(files["standardizer"]).to(self.device)
-        self.decoder = ImplicitDecoder(**self.record["decoder"])
+        self.decoder = build_decoder(self.record["decoder"])
         self.decoder.load_state_dict(load_file(str(files["decoder"])))
         self.decoder = self.decoder.to(self.device).eval()
         self.condition = self.record.get("condition", "none")
