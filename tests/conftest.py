@@ -219,7 +219,8 @@ def run_bundle(configs: Path, config: str, run_id: str | None = None, **override
 
 @pytest.fixture(scope="session")
 def tiny_inr2vec(tmp_path_factory):
-    """7 conftest cases (6 training, 1 test) -> tiny bank on ``GRID`` -> tiny inr2vec (30 steps) -> latents."""
+    """7 conftest cases (6 training, 1 test) -> tiny bank on ``GRID`` -> tiny inr2vec (30 steps, the default siren
+    decoder) -> latents."""
     root = tmp_path_factory.mktemp("edm_synth")
     datalist = write_tiny_datalist(root / "data", n_cases=7)
     fit_tiny_bank(datalist, root / "bank", GRID)
@@ -227,7 +228,7 @@ def tiny_inr2vec(tmp_path_factory):
         inr2vec = root / "inr2vec"
         run_bundle(INR2VEC_CONFIGS, "train.yaml", bank_dir=str(root / "bank"), output_dir=str(inr2vec), steps=30,
                    epoch_length=10, val_fraction=0.0, latent_dim=512, encoder_args={"width": 32, "depth": 2, "pool": "maxmean"},
-                   decoder_args={"hidden": 64, "layers": 3, "num_freqs": 5}, subjects_per_batch=4, points=2048, lr=0.01,
+                   decoder_args={"kind": "siren"}, subjects_per_batch=4, points=2048, lr=0.002,
                    warmup_steps=2, num_threads=1, log_every=100)
         run_bundle(INR2VEC_CONFIGS, "inference.yaml", "encode", model_dir=str(inr2vec), bank_dir=str(root / "bank"),
                    datalist=str(datalist), output_dir=str(inr2vec), num_threads=1)
