@@ -6,6 +6,7 @@ from lgesynth.seg.plan import (  # noqa: F401
     calibrate_plan,
     load_plan,
     make_plan,
+    measure_iteration_seconds,
     measure_step_seconds,
     refine_plan,
     write_plan,
