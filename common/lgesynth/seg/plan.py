@@ -82,7 +82,8 @@ PRESETS = {
 # (base filters, batch, patch, seconds per iteration) measured on the 2-core CPU.
 MEASURED = ((32, 2, (96, 96, 8), 1.75), (16, 2, (96, 96, 8), 0.47))
 # A train.yaml iteration over the bare step of measure_step_seconds, quiet AVX2 host: 0.37-0.38 s vs 0.24 s
-# (1.55x) for the smoke phantom plan (3D, width 8, patch 56 x 64 x 12, num_workers 2)
+# (1.55x) for the smoke phantom plan (3D, width 8, patch 56 x 64 x 12, num_workers 2); 0.67 s vs 0.36 s (1.86x) for
+# the EMIDEC cpu plan (2D, width 8, 6 slices of 160 x 192). With 1.5 that arm took 7.2 of its 7 minutes.
 ITERATION_OVERHEAD = 1.5
 # Relative cost per voxel of each base width (module doc): w² for 32 and 16, measured for 8.
 WIDTH_COST = {32: 1.0, 16: 0.25, 8: 0.1}
