@@ -13,7 +13,6 @@ to be built. This class does what ``BundleInferTask`` does for these keys.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ from monai.transforms import CastToTyped, SaveImaged, SqueezeDimd
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from lgesynth.io import read_json
 
 
 class ScarSegInfer(BasicInferTask):
@@ -39,7 +40,7 @@ class ScarSegInfer(BasicInferTask):
         self.parser = ConfigParser()
         self.parser.read_config(str(configs / "inference.yaml"))
         self.parser.update({"bundle_root": str(bundle_dir), "train_dir": str(train_dir)})
-        meta = json.loads((configs / "metadata.json").read_text())
+        meta = read_json(configs / "metadata.json")
         channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
         weights = Path(self.parser.get_parsed_content("ckpt_path"))
         super().__init__(

@@ -17,13 +17,14 @@ be offered as a model to train. The app keeps this method out of MONAI Label's a
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from lgesynth.io import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class SyntheticPairs(ScoringMethod):
 
     def __init__(self, bundle_dir: str | Path, num_samples: int = 8):
         self.bundle_dir = Path(bundle_dir).resolve()
-        meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text())
+        meta = read_json(self.bundle_dir / "configs" / "metadata.json")
         self.version = meta["version"]
         self.num_samples = int(num_samples)
         super().__init__(f"edm_synth {self.version}: adds num_samples synthetic LGE image + label pairs "
@@ -79,7 +80,7 @@ class SyntheticPairs(ScoringMethod):
             run(config_file=str(configs / "inference.yaml"), meta_file=str(configs / "metadata.json"),
                 logging_file=False, bundle_root=str(self.bundle_dir), output_dir=scratch, **overrides)
             cohort = Path(scratch) / "datalist.json"
-            doc = json.loads(cohort.read_text())
+            doc = read_json(cohort)
             entries = validate_datalist(cohort, "training") if doc["training"] else []
             existing = set(datastore.list_images())
             added, skipped = [], []
