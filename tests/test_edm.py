@@ -414,3 +414,29 @@ def test_standardizer_fits_round_trips_and_saves(tmp_path):
         LatentStandardizer.load(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="n >= 2"):
         LatentStandardizer.fit(latents[:1])
+
+
+
+def test_validation_keeps_the_lowest_loss_as_best(tmp_path):
+    """The EDM validator's key metric is a loss. With MONAI's default comparison (greater is better, from
+    a best of -1) the first validation stayed "best" however far the loss fell afterwards."""
+    from lgesynth.engines.edm import EdmData, EdmValidator
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    subjects = [{"id": f"t{i}", "section": "training"} for i in range(16)]
+    save_latents(tmp_path, Latents(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), subjects))
+    data = EdmData(str(tmp_path))
+    net = EDMPrecond(LatentDenoiser(dim=4, hidden=16, blocks=1, emb_dim=8, noise_channels=8), data.sigma_data)
+    ema = EMA(net, halflife_kimg=0.5, batch_size=16)
+    validator = EdmValidator(data, ema, EDMLoss(sigma_data=data.sigma_data))
+    losses = []
+    g = torch.Generator().manual_seed(1)
+    for epoch, scale in enumerate((3.0, 0.0, 1.0), start=1):  # random weights: a large loss, then ~1 (F = 0), then other
+        with torch.no_grad():
+            for p in ema.module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+        validator.run(global_epoch=epoch)
+        losses.append(validator.state.metrics["val_loss"])
+    best = min(range(3), key=losses.__getitem__)
+    assert best > 0 and len({round(x, 4) for x in losses}) == 3, losses
+    assert validator.state.best_metric == pytest.approx(losses[best]) and validator.state.best_metric_epoch == best + 1

@@ -197,6 +197,11 @@ class EdmTrainer(Engine):
         return self.run(range(self.epoch_length), max_epochs=self.max_epochs, epoch_length=self.epoch_length)
 
 
+def _lower_is_better(current: float, best: float) -> bool:
+    """MONAI's key-metric comparison for a loss (MONAI starts ``best_metric`` at -1: any loss beats that)."""
+    return best < 0 or current < best
+
+
 class EdmValidator(Evaluator):
     """EDM loss of the EMA denoiser on the validation latents (the training ones when there are none), at
     ``num_sigmas`` fixed noise levels (quantiles of p_train) with fixed noise: ``state.metrics["val_loss"]``."""
@@ -204,7 +209,8 @@ class EdmValidator(Evaluator):
     def __init__(self, data: EdmData, ema, loss_fn: EDMLoss, device: str | torch.device = "cpu", num_sigmas: int = 8,
                  seed: int = 12345, val_handlers=None):
         super().__init__(device=device, val_data_loader=[0], epoch_length=1, decollate=False,
-                         key_val_metric={"val_loss": SubjectMean("loss")}, val_handlers=val_handlers)
+                         key_val_metric={"val_loss": SubjectMean("loss")}, val_handlers=val_handlers,
+                         metric_cmp_fn=_lower_is_better)
         self.data, self.ema, self.loss_fn = data, ema, loss_fn
         from scipy.stats import norm
 
