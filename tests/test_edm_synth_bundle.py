@@ -210,18 +210,25 @@ def _stats(masks: list[np.ndarray], latents: torch.Tensor, prefix: str) -> Cohor
     return stats
 
 
-def test_memorisation_flags_a_copy_and_not_a_distinct_sample():
+def test_memorisation_flags_a_copy_and_not_a_distinct_or_central_sample():
+    """A copy sits on one training subject; a sample in the middle of the cohort (the training latents'
+    mean) is near all of them, which the earlier absolute rule (NN distance below the 5th percentile of
+    train-to-train) took for a copy in latent space and the relative rule does not."""
     radii = [((14 - d, 9 - d), (13 - d, 8 - d), (12 - d, 7 - d), (10 - d, 5 - d)) for d in range(0, 5)]
     train_masks = [np.roll(_rings(radii=r), 2 * i, axis=0) for i, r in enumerate(radii)]
     g = torch.Generator().manual_seed(0)
     train_lat = torch.randn(len(train_masks), 16, generator=g) * 3
     reference = _stats(train_masks, train_lat, "t")
     distinct = np.roll(_rings(radii=((15, 8), (14, 7), (13, 6), (11, 4))), -3, axis=1)
-    samples = _stats([train_masks[2], distinct], torch.stack([train_lat[2], torch.randn(16, generator=g) * 3]), "s")
+    central = _rings(radii=radii[2])  # the middle radii, not shifted like any training subject
+    samples = _stats([train_masks[2], distinct, central],
+                     torch.stack([train_lat[2], torch.randn(16, generator=g) * 3, train_lat.mean(0)]), "s")
     report = quality_report(samples, reference)
     mem = report["memorisation"]
     assert report["copies_flagged"] == 1 and mem["copies"] == ["s0"], mem
-    assert mem["per_sample"][0]["nn_latent"] == "t2" and mem["per_sample"][0]["nn_image_distance"] == 0.0
+    row = mem["per_sample"][0]
+    assert row["nn_latent"] == "t2" and row["nn_image_distance"] == 0.0 and row["nn_latent_ratio"] == 0.0
+    assert mem["per_sample"][2]["nn_latent_ratio"] > 0.5 and mem["latent"]["flagged_absolute"] >= 2  # s0 and central
     assert report["plausible_fraction"] == 1.0 and report["diversity"]["dice_distance"]["min"] > 0
 
 
