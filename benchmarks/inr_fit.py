@@ -10,7 +10,7 @@ for subjects with scar), three ways:
   full-grid check every 25 steps.
 - ``batched``: the same maths (standard init, lr 1e-4, uniform points, fp32) with all subjects in one
   batched model (``lgesynth.inr.fit`` with ``compute_dtype=float32``, ``myo_fraction=0``).
-- ``default``: ``FitConfig()`` defaults (bf16 hidden GEMMs, tuned lr, myocardium over-sampling,
+- ``default``: ``FitConfig()`` defaults (8192 points per step, bf16 hidden GEMMs, tuned lr, myocardium over-sampling,
   early stop + slot refill) from a Reptile init meta-learned on *other* subjects of the cohort
   (its time is amortised over the whole cohort, as one init serves one bank).
 Each method runs in its own process (clean peak RSS); the fp32 (and bf16) GEMM rate of matching sizes
@@ -270,6 +270,7 @@ def _worker(args: dict, queue) -> None:
         res["meta_subject_steps"] = record["outer_steps"] * record["inner_steps"] * min(record["meta_batch"], mt.shape[0])
         res["meta_points"] = record["points"]
         res.update(_fit_method(t, c, spec, cfg, theta))
+    res["points"] = cfg.points if method != "loop" else args["points"]  # the default draws FitConfig's (8192)
     res["cpu_seconds"] = _cpu() - cpu0 - res.get("meta_cpu_seconds", 0.0)  # user + system of the fit
     # the machine is shared: GEMM rate before and after the method, averaged
     res["gemm_fp32_gflops"] = 0.5 * (res["gemm_fp32_gflops"] + gemm_gflops(args["points"], spec.hidden_features, torch.float32, device))
@@ -328,7 +329,7 @@ def fit_all(data: str, out_dir: Path | None, threads: int, limit: int | None = N
 # ----------------------------------------------------------------------------------------- report
 def summarise(res: dict, spec, points: int, n_bank: int) -> dict:
     n = len(res["steps"])
-    flop = spec.flops_per_point() * points * res["subject_steps"]
+    flop = spec.flops_per_point() * res.get("points", points) * res["subject_steps"]
     seconds = res["seconds"]
     if res["method"] == "default":
         meta_flop = spec.flops_per_point() * res["meta_points"] * res["meta_subject_steps"]

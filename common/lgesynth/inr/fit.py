@@ -3,7 +3,7 @@
 ``fit(targets, coords, init, spec, config, callback)`` fits S subjects with ``config.batch_size``
 slots. Every step trains all occupied slots with one batched forward/backward (``Workspace``) and one
 Adam update on the stacked weights. Every ``check_every`` steps, subjects whose training-batch metrics
-are near the targets are evaluated on the full grid (fp32); a subject that meets all targets (PSNR, Dice
+are near the targets are evaluated on the full grid (fp32; at most once per ``recheck_after`` steps); a subject that meets all targets (PSNR, Dice
 myocardium, Dice scar if it has scar) is finished: its weights are copied out and its slot is given
 to the next queued subject (fresh Adam state, same init). So finished subjects stop changing, and
 the batch stays full until the queue is empty; a subject that reaches ``max_steps`` is finished with
@@ -58,7 +58,7 @@ class FitConfig:
 
     max_steps: int = 1000
     batch_size: int = 8
-    points: int | None = 16384  # per subject per step; None = full grid
+    points: int | None = 8192  # per subject per step; None = full grid. 16384 took 1.35x fewer steps at 2x the cost
     myo_fraction: float = 0.25
     lr: float = 3e-4  # 1e-4 (paper) needs ~1.8x the steps to target; 1e-3 is noisier and not faster
     betas: tuple[float, float] = (0.9, 0.999)
@@ -69,11 +69,13 @@ class FitConfig:
     target_dice_myo: float = 0.95
     target_dice_scar: float = 0.90
     early_stop: bool = True
-    check_every: int = 25
+    check_every: int = 5  # training-batch metrics (free: the step's own forward) gate a stop every N steps
     # a subject is evaluated on the full grid (fp32) only once its training-batch metrics are within these
-    # margins of the targets: full-grid evaluations cost ~5 training steps each
+    # margins of the targets: full-grid evaluations cost ~5 training steps each, so a subject that fails one
+    # is not evaluated again for ``recheck_after`` steps
     gate_db: float = 0.5
     gate_dice: float = 0.02
+    recheck_after: int = 10
     compute_dtype: str = "auto"  # "float32", "bfloat16", or "auto": bf16 where the hardware has fast bf16 GEMMs
     eval_chunk: int = 32768
     seed: int = 0
@@ -257,6 +259,7 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
     fitter.add(queue[: fitter.slots], init)
     queue = queue[fitter.slots:]
     step, total = 0, 0
+    not_before = [0] * S  # per subject: the step count before which no full-grid evaluation is repeated
 
     def finish(positions: list[int], m: dict[str, torch.Tensor], ok: bool) -> list[int]:
         done = []
@@ -283,10 +286,13 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
         due = (t % cfg.check_every == 0) | (t >= cfg.max_steps)
         if check:
             capped = [i for i in range(fitter.n) if t[i] >= cfg.max_steps]
-            gated = [i for i in range(fitter.n) if due[i] and cfg.early_stop and i not in capped and _gate(cfg, batch_m, i)]
+            gated = [i for i in range(fitter.n) if due[i] and cfg.early_stop and i not in capped
+                     and int(t[i]) >= not_before[int(fitter.rows[i])] and _gate(cfg, batch_m, i)]
             if gated:
                 m = fitter.evaluate(gated)
                 ok = [j for j in range(len(gated)) if _meets(cfg, m, j)]
+                for j in set(range(len(gated))) - set(ok):
+                    not_before[int(fitter.rows[gated[j]])] = int(t[gated[j]]) + cfg.recheck_after
                 if ok:
                     finished += finish([gated[j] for j in ok], {k: v[ok] for k, v in m.items()}, True)
             capped = [i for i in range(fitter.n) if fitter.t[i] >= cfg.max_steps]
