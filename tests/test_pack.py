@@ -55,7 +55,9 @@ def test_zip_holds_configs_docs_and_the_generator_only(packed):
     configs = {f"edm_synth/configs/{p.name}" for p in EDM_CONFIGS.iterdir() if p.is_file()}
     models = {f"edm_synth/models/{n}" for n in ("generator.json", "edm_ema.safetensors", "standardizer.safetensors",
                                                  "decoder.safetensors", "reference.json", "reference.safetensors")}
-    assert names == configs | models | {"edm_synth/docs/README.md", "edm_synth/large_files.yml"}
+    docs = {f"edm_synth/docs/{p.name}" for p in (EDM_CONFIGS.parent / "docs").iterdir() if p.is_file()}
+    assert "edm_synth/docs/README.md" in docs  # and the figures the README shows
+    assert names == configs | models | docs | {"edm_synth/large_files.yml"}
     large = zipfile.ZipFile(zip_path).read("edm_synth/large_files.yml").decode()
     digest = hashlib.sha256((packed["bundle"] / "models" / "decoder.safetensors").read_bytes()).hexdigest()
     assert 'path: "models/decoder.safetensors"' in large and f'hash_val: "{digest}"' in large
