@@ -14,13 +14,13 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
-SCAR, MYOCARDIUM = 2, 1
+from lgesynth.data.labels import MYOCARDIUM, SCAR
+from lgesynth.io import spacing_from_affine
 
 
 def voxel_ml(affine) -> float:
     """Volume of one voxel in millilitres from a 4 x 4 affine (mm)."""
-    a = np.asarray(affine, dtype=float)[:3, :3]
-    return float(abs(np.linalg.det(a))) / 1000.0
+    return float(np.prod(spacing_from_affine(affine))) / 1000.0
 
 
 def remove_small_scar(label: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -38,12 +38,12 @@ def remove_small_scar(label: np.ndarray, min_voxels: float) -> np.ndarray:
 
 
 class RemoveSmallScard(MapTransform):
-    """Dictionary transform on a channel-first label ``(1, X, Y, Z)`` (a MetaTensor with its affine, or
-    with ``pixdim_mm`` given): scar components smaller than ``min_scar_ml`` millilitres become myocardium."""
+    """Dictionary transform on a channel-first label ``MetaTensor (1, X, Y, Z)`` (its affine gives the voxel
+    volume): scar components smaller than ``min_scar_ml`` millilitres become myocardium."""
 
-    def __init__(self, keys, min_scar_ml: float = 0.0, pixdim_mm=None, allow_missing_keys: bool = False):
+    def __init__(self, keys, min_scar_ml: float = 0.0, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.min_scar_ml, self.pixdim_mm = float(min_scar_ml), pixdim_mm
+        self.min_scar_ml = float(min_scar_ml)
 
     def __call__(self, data):
         d = dict(data)
@@ -51,14 +51,7 @@ class RemoveSmallScard(MapTransform):
             return d
         for key in self.key_iterator(d):
             x = d[key]
-            if self.pixdim_mm is not None:
-                ml = float(np.prod(self.pixdim_mm)) / 1000.0
-            else:
-                ml = voxel_ml(x.affine)
-            arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-            cleaned = np.stack([remove_small_scar(c.astype(np.int64), self.min_scar_ml / ml) for c in arr])
-            if isinstance(x, torch.Tensor):
-                d[key] = x.new_tensor(cleaned) if not hasattr(x, "affine") else type(x)(torch.as_tensor(cleaned, dtype=x.dtype), meta=x.meta)
-            else:
-                d[key] = cleaned.astype(arr.dtype)
+            min_voxels = self.min_scar_ml / voxel_ml(np.asarray(x.affine))
+            cleaned = np.stack([remove_small_scar(c.astype(np.int64), min_voxels) for c in x.detach().cpu().numpy()])
+            d[key] = type(x)(torch.as_tensor(cleaned, dtype=x.dtype), meta=x.meta)
         return d
