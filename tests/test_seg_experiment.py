@@ -111,12 +111,36 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_post_processing_is_chosen_on_each_arms_validation_case(experiment):
+    from lgesynth.seg.data import split_training
+    from lgesynth.seg.postprocess import MIN_SCAR_ML_CANDIDATES
+
+    out, comparison = experiment["out"], experiment["comparison"]
+    val = split_training(experiment["real"], 0.2, 0)["val"]
+    assert len(val) == 1
+    for condition in CONDITIONS:
+        folder = out / f"{condition}_seed0"
+        record = json.loads((folder / "postprocess.json").read_text())
+        assert record["candidates"] == list(MIN_SCAR_ML_CANDIDATES) and record["n_cases"] == 1
+        assert list(record["per_case"]) == [val[0]["id"]]  # the arm's own hold-out, not a test case
+        assert record["min_scar_ml"] == record["candidates"][int(np.argmax(record["mean_dice_scar"]))]
+        assert (folder / "val_eval" / "predictions").is_dir()
+        assert comparison["postprocessing"][f"{condition}_seed0"]["min_scar_ml"] == record["min_scar_ml"]
+        evaluated = json.loads((folder / "eval" / "config_evaluate.json").read_text())
+        assert evaluated["min_scar_ml"] == record["min_scar_ml"]
+        assert (folder / "eval_raw").exists() == (record["min_scar_ml"] > 0)
+        raw = [float(r["dice_myo"]) for r in _csv(folder / ("eval_raw" if record["min_scar_ml"] > 0 else "eval") / "metrics.csv")]
+        assert comparison["as_predicted"][condition]["dice_myo"] == pytest.approx(np.mean(raw))
+
+
 def test_mlflow_has_both_conditions_with_test_metrics(experiment):
     runs = experiment["runs"]
     assert set(runs["tags.condition"]) == set(CONDITIONS)
-    assert set(runs["tags.mlflow.runName"]) == {"baseline_seed0", "augmented_seed0", "baseline_seed0_eval", "augmented_seed0_eval"}
+    raw = {f"{c}_seed0_eval_raw" for c in CONDITIONS if experiment["comparison"]["postprocessing"][f"{c}_seed0"]["min_scar_ml"] > 0}
+    assert set(runs["tags.mlflow.runName"]) == {"baseline_seed0", "augmented_seed0", "baseline_seed0_eval", "augmented_seed0_eval"} | raw
     evaluated = runs[runs["tags.stage"] == "evaluate"]
     assert set(evaluated["tags.condition"]) == set(CONDITIONS) and set(evaluated["tags.seed"]) == {"0"}
+    assert evaluated["tags.min_scar_ml"].notna().all()
     assert evaluated["metrics.test_dice_scar"].notna().all() and evaluated["metrics.test_dice_myo"].notna().all()
     for _, run in evaluated.iterrows():  # the test metrics MLflow holds are the ones compared
         arm = experiment["comparison"][run["tags.condition"]]
@@ -164,6 +188,24 @@ def test_a_stale_evaluation_is_redone_without_retraining(experiment, tmp_path, m
     runs = _search_runs(again["tracking_uri"])
     assert sorted(runs["tags.mlflow.runName"]) == sorted(e["runs"]["tags.mlflow.runName"])  # the old eval run replaced
     assert again["augmented"]["dice_myo"] == pytest.approx(e["comparison"]["augmented"]["dice_myo"])
+
+
+def test_a_fixed_min_scar_ml_rescores_both_ways_without_retraining(experiment):
+    e = experiment
+    again = run_experiment(e["real"], e["syn"], e["out"], **{**e["kwargs"], "min_scar_ml": 0.5})
+    for condition in CONDITIONS:
+        name = f"{condition}_seed0"
+        assert again["this_invocation"][name]["did"] == ["post-processing chosen", "evaluated", "evaluated as predicted"]
+        assert again["postprocessing"][name] == {"min_scar_ml": 0.5, "fixed": 0.5, "rule": "fixed by the caller"}
+        assert json.loads((e["out"] / name / "eval" / "config_evaluate.json").read_text())["min_scar_ml"] == 0.5
+        assert json.loads((e["out"] / name / "eval_raw" / "config_evaluate.json").read_text())["min_scar_ml"] == 0.0
+    assert {k: v for k, v in _stamps(e["out"]).items() if k.endswith(".pt")} == \
+        {k: v for k, v in e["stamps"].items() if k.endswith(".pt")}
+    runs = _search_runs(again["tracking_uri"])
+    raw = runs[runs["tags.stage"] == "evaluate_as_predicted"]
+    assert set(raw["tags.mlflow.runName"]) == {f"{c}_seed0_eval_raw" for c in CONDITIONS}
+    assert (raw["tags.min_scar_ml"] == "0.0").all() and raw["metrics.test_dice_scar"].notna().all()
+    assert "As predicted (no clean-up)" in (e["out"] / "comparison.md").read_text()
 
 
 # ---- the paired statistics on toy numbers

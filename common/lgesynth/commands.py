@@ -89,7 +89,7 @@ def stats(*datalists: str, out: str | None = None) -> None:
 
 def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str = "cpu", budget_minutes: float | None = None,
                synthetic_ratio=0.5, tracking_uri: str | None = None, experiment_name: str = "scar_seg_experiment",
-               plan: str | None = None, num_workers: int | None = None, calibrate: bool = True) -> None:
+               plan: str | None = None, num_workers: int | None = None, calibrate: bool = True, min_scar_ml="auto") -> None:
     """Baseline (real only) vs augmented (real + synthetic) scar_seg, same plan, seeds and budget.
 
     Trains and evaluates both arms per seed through the scar_seg bundle configs, tracked in one MLflow
@@ -110,6 +110,8 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
         num_workers: data loader workers of the training config.
         calibrate: time one step of the planned network on this machine and re-plan so that the budget
             holds here (--nocalibrate: plan from the stored cost model alone).
+        min_scar_ml: scar components under this volume (ml) become myocardium: "auto" chooses it per arm
+            on the arm's validation cases (nnU-Net-style), a number fixes it (0: predictions as they are).
     """
     import logging
 
@@ -119,7 +121,7 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
         logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     run_experiment(real, synthetic, out, seeds=seeds, preset=preset, budget_minutes=budget_minutes,
                    synthetic_ratio=synthetic_ratio, tracking_uri=tracking_uri, experiment_name=experiment_name,
-                   plan=plan, num_workers=num_workers, calibrate=calibrate)
+                   plan=plan, num_workers=num_workers, calibrate=calibrate, min_scar_ml=min_scar_ml)
 
 
 def pipeline(data: str | None = None, out: str = "runs/pipeline", preset: str = "smoke", tracking_uri: str | None = None,

@@ -11,9 +11,13 @@ of ``python -m monai.bundle run``):
 Both arms of every seed use one plan (``DIR/plan.json``, made once from the real training cases, or
 ``--plan``), hence the same network, patch, iterations and budget, and the same seed (the same
 validation hold-out and initialisation). Each model is evaluated with ``evaluate.yaml`` on the real
-datalist's ``test`` section. Everything is tracked in one MLflow experiment (default
+datalist's ``test`` section, after nnU-Net-style post-processing chosen on that arm's own validation
+cases (``--min_scar_ml auto``: scar specks under the chosen volume become myocardium,
+:func:`lgesynth.seg.postprocess.choose_min_scar_ml`; ``postprocess.json``); when the clean-up changes
+anything the test cases are also scored as predicted (``eval_raw/``, ``comparison.json["as_predicted"]``). Everything is tracked in one MLflow experiment (default
 ``sqlite:///DIR/mlruns.db``): training run ``<condition>_seed<seed>``, evaluation run
-``<condition>_seed<seed>_eval`` (``test_<metric>``), both tagged ``condition``, ``seed`` and ``stage``.
+``<condition>_seed<seed>_eval`` (``test_<metric>``, tag ``min_scar_ml``; ``..._eval_raw`` as predicted),
+all tagged ``condition``, ``seed`` and ``stage``.
 
 Statistics (:func:`compare`): per test case the Dice of each arm is averaged over seeds, then the
 arms are compared **paired over cases**: the mean difference (augmented - baseline), its 95 %
@@ -23,7 +27,8 @@ below 2 / 2^n, 0.0625 for n = 5). Outputs: ``comparison.json``, ``comparison.md`
 ``comparison.png`` (Dice per region, both arms, 95 % CI bars).
 
 Layout of ``DIR``: ``plan.json``, ``mlruns.db`` + ``mlruns/``, ``<condition>_seed<seed>/`` (a training
-``output_dir``: ``plan.json``, ``models/``, ``train_log.json``; ``eval/metrics.csv``, ...), ``comparison.*``.
+``output_dir``: ``plan.json``, ``models/``, ``train_log.json``; ``val_eval/`` (validation predictions),
+``postprocess.json``, ``eval/metrics.csv``, ..., ``eval_raw/``), ``comparison.*``.
 Resume: an arm whose final checkpoint (after all planned epochs) and evaluation exist is skipped;
 an arm stopped mid-training is started again and the bundle resumes from its checkpoint.
 """
@@ -148,7 +153,29 @@ class Arm:
 
     @property
     def metrics_csv(self) -> Path:
+        """Test metrics with the arm's post-processing (``min_scar_ml`` chosen on its validation cases)."""
         return self.folder / "eval" / "metrics.csv"
+
+    @property
+    def raw_metrics_csv(self) -> Path:
+        """Test metrics as predicted: ``eval_raw/`` when the post-processing changes anything, else ``eval/``."""
+        raw = self.folder / "eval_raw" / "metrics.csv"
+        return raw if self.min_scar_ml() > 0 else self.metrics_csv
+
+    @property
+    def postprocess_json(self) -> Path:
+        return self.folder / "postprocess.json"
+
+    def min_scar_ml(self) -> float:
+        return float(json.loads(self.postprocess_json.read_text())["min_scar_ml"]) if self.postprocess_json.exists() else 0.0
+
+    def postprocess_chosen(self, min_scar_ml) -> bool:
+        """``postprocess.json`` is newer than the final checkpoint and made by the same rule (auto / fixed)."""
+        if not (self.postprocess_json.exists() and self.final_checkpoint.exists()):
+            return False
+        record = json.loads(self.postprocess_json.read_text())
+        same_rule = record.get("fixed") is None if min_scar_ml == "auto" else record.get("fixed") == float(min_scar_ml)
+        return same_rule and self.postprocess_json.stat().st_mtime >= self.final_checkpoint.stat().st_mtime
 
     def trained(self, epochs: int) -> bool:
         """The final checkpoint exists and the log reached ``epochs`` (MONAI also saves a "final"
@@ -159,11 +186,14 @@ class Arm:
         entries = json.loads(log.read_text())
         return bool(entries) and entries[-1]["epoch"] >= epochs
 
-    def evaluated(self) -> bool:
-        """``eval/metrics.csv`` and its summary exist and are newer than the final checkpoint."""
-        summary = self.metrics_csv.with_name("metrics_summary.json")
-        return (self.metrics_csv.exists() and summary.exists()
-                and self.metrics_csv.stat().st_mtime >= self.final_checkpoint.stat().st_mtime)
+    def evaluated(self, csv_path: Path | None = None) -> bool:
+        """``metrics.csv`` (default ``eval/``) and its summary exist and are newer than the final checkpoint
+        and than ``postprocess.json``."""
+        csv_path = csv_path or self.metrics_csv
+        summary = csv_path.with_name("metrics_summary.json")
+        newer_than = [self.final_checkpoint] + ([self.postprocess_json] if self.postprocess_json.exists() else [])
+        return (csv_path.exists() and summary.exists()
+                and all(csv_path.stat().st_mtime >= p.stat().st_mtime for p in newer_than))
 
     def train_seconds(self) -> float:
         """Seconds of training iterations over all (resumed) sessions, from ``train_log.json``."""
@@ -252,9 +282,46 @@ def _seeds(seeds) -> list[int]:
     return out
 
 
+def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, val_fraction: float, logging_file) -> dict:
+    """Write ``arm.folder/postprocess.json``: ``min_scar_ml`` fixed by the caller, or (``"auto"``) chosen
+    on the arm's own validation cases (train.yaml's hold-out for its seed) as nnU-Net chooses its
+    post-processing: predict them (``val_eval/``), score every candidate, keep the best."""
+    from lgesynth.seg.data import split_training
+    from lgesynth.seg.postprocess import choose_min_scar_ml
+
+    if min_scar_ml != "auto":
+        record = {"min_scar_ml": float(min_scar_ml), "fixed": float(min_scar_ml), "rule": "fixed by the caller"}
+    else:
+        val = split_training(real, val_fraction, arm.seed)["val"]
+        if not val:
+            record = {"min_scar_ml": 0.0, "n_cases": 0, "rule": "no validation cases: no post-processing"}
+        else:
+            folder = arm.folder / "val_eval"
+            datalist = write_json(folder / "val_datalist.json", {"training": [], "test": val})  # the hold-out as "test"
+            _bundle_run("evaluate.yaml", logging_file, datalist=str(datalist), train_dir=str(arm.folder),
+                        output_dir=str(folder), save_predictions=True, min_scar_ml=0.0, n_png=0,
+                        save_execute_config=str(folder / "config_evaluate.json"))
+            record = choose_min_scar_ml(val, folder / "predictions")
+    write_json(arm.postprocess_json, record)
+    logger.info("%s: min_scar_ml %.2f ml (%s)", arm.run_name, record["min_scar_ml"], record["rule"])
+    return record
+
+
+def _evaluate(arm: Arm, real: Path, output: str, run_name: str, min_scar_ml: float, tracking: dict, logging_file) -> None:
+    """evaluate.yaml on the real test section into ``arm.folder/output``, replacing an older MLflow run."""
+    _delete_runs(tracking["tracking_uri"], tracking["experiment_name"], run_name)
+    _bundle_run("evaluate.yaml", logging_file, datalist=str(real), train_dir=str(arm.folder),
+                output_dir=str(arm.folder / output), run_name=run_name, min_scar_ml=min_scar_ml,
+                save_execute_config=str(arm.folder / output / "config_evaluate.json"), **tracking)
+
+
 def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: Path, epochs: int, overrides: dict,
-             tracking: dict, logging_file) -> dict:
-    """Train (unless trained) and evaluate (unless evaluated) one arm, then tag its MLflow runs."""
+             tracking: dict, logging_file, min_scar_ml="auto") -> dict:
+    """Train (unless trained), choose the post-processing, evaluate (unless evaluated), tag the MLflow runs.
+
+    Test evaluations: ``eval/`` (run ``<arm>_eval``) with the chosen ``min_scar_ml``; when that is > 0
+    also ``eval_raw/`` (run ``<arm>_eval_raw``) as predicted.
+    """
     augmented = arm.condition == "augmented"
     tags = {"condition": arm.condition, "seed": arm.seed, "synthetic_ratio": synthetic_ratio if augmented else 0,
             "real_datalist": real, "synthetic_datalist": synthetic if augmented else "", "plan": plan_path,
@@ -267,16 +334,23 @@ def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: 
                     seed=arm.seed, run_name=arm.run_name, save_execute_config=str(arm.folder / "config_train.json"),
                     **data, **overrides, **tracking)
         did.append("trained")
+    if not arm.postprocess_chosen(min_scar_ml):
+        _choose_postprocessing(arm, real, min_scar_ml, float(overrides.get("val_fraction", 0.2)), logging_file)
+        did.append("post-processing chosen")
+    chosen = arm.min_scar_ml()
     if not arm.evaluated():
-        logger.info("%s: evaluating on the test section of %s", arm.run_name, real)
-        _delete_runs(tracking["tracking_uri"], tracking["experiment_name"], f"{arm.run_name}_eval")
-        _bundle_run("evaluate.yaml", logging_file, datalist=str(real), train_dir=str(arm.folder),
-                    output_dir=str(arm.folder / "eval"), run_name=f"{arm.run_name}_eval",
-                    save_execute_config=str(arm.folder / "eval" / "config_evaluate.json"), **tracking)
+        logger.info("%s: evaluating on the test section of %s (min_scar_ml %.2f)", arm.run_name, real, chosen)
+        _evaluate(arm, real, "eval", f"{arm.run_name}_eval", chosen, tracking, logging_file)
         did.append("evaluated")
+    if chosen > 0 and not arm.evaluated(arm.raw_metrics_csv):
+        _evaluate(arm, real, "eval_raw", f"{arm.run_name}_eval_raw", 0.0, tracking, logging_file)
+        did.append("evaluated as predicted")
     uri, name = tracking["tracking_uri"], tracking["experiment_name"]
     _tag_runs(uri, name, arm.run_name, {**tags, "stage": "train"})
-    _tag_runs(uri, name, f"{arm.run_name}_eval", {**tags, "stage": "evaluate", "train_run": arm.run_name})
+    _tag_runs(uri, name, f"{arm.run_name}_eval", {**tags, "stage": "evaluate", "train_run": arm.run_name,
+                                                   "min_scar_ml": chosen})
+    _tag_runs(uri, name, f"{arm.run_name}_eval_raw", {**tags, "stage": "evaluate_as_predicted", "train_run": arm.run_name,
+                                                       "min_scar_ml": 0.0})
     done = {"did": did or ["skipped (done)"], "seconds": round(time.perf_counter() - t0, 1)}
     logger.info("%s: %s in %.1f s", arm.run_name, ", ".join(done["did"]), done["seconds"])
     return done
@@ -286,7 +360,7 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
                    budget_minutes: float | None = None, synthetic_ratio=0.5, tracking_uri: str | None = None,
                    experiment_name: str = "scar_seg_experiment", plan: str | Path | None = None,
                    num_workers: int | None = None, overrides: dict | None = None, logging_file=False,
-                   n_boot: int = N_BOOTSTRAP, calibrate: bool = True) -> dict:
+                   n_boot: int = N_BOOTSTRAP, calibrate: bool = True, min_scar_ml="auto") -> dict:
     """Train, evaluate and compare both arms for every seed (module doc); returns the comparison.
 
     Args:
@@ -305,6 +379,8 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
         n_boot: bootstrap resamples.
         calibrate: time one step of the planned network here and re-plan so that the budget holds on
             this machine (:func:`lgesynth.seg.data.ensure_plan`); only when the plan is made.
+        min_scar_ml: the scar clean-up (:mod:`lgesynth.seg.postprocess`): ``"auto"`` chooses it per arm on
+            the arm's validation cases, a number fixes it for both arms (0: none).
     """
     from lgesynth.seg.data import ensure_plan
 
@@ -324,9 +400,13 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
     arms = [Arm(c, s, out / f"{c}_seed{s}") for s in seeds for c in CONDITIONS]
     with _explicit_tracking_uri():
         ran = {arm.run_name: _run_arm(arm, real, synthetic, synthetic_ratio, plan_path, epochs, overrides, tracking,
-                                      logging_file) for arm in arms}
+                                      logging_file, min_scar_ml) for arm in arms}
 
     comparison = compare(arms, n_boot=n_boot)
+    raw = compare(arms, n_boot=n_boot, as_predicted=True)
+    comparison["as_predicted"] = {k: raw[k] for k in (*CONDITIONS, "paired")}
+    comparison["postprocessing"] = {a.run_name: {k: v for k, v in json.loads(a.postprocess_json.read_text()).items()
+                                                 if k != "per_case"} for a in arms}
     budget, iterations = the_plan["budget"], epochs * int(the_plan["training"]["iterations_per_epoch"])
     comparison.update(plan=str(plan_path), tracking_uri=tracking_uri, experiment_name=experiment_name,
                       real_datalist=str(real), synthetic_datalist=str(synthetic), synthetic_ratio=synthetic_ratio,
@@ -350,14 +430,16 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
 # ---------------------------------------------------------------------------------------------
 
 
-def compare(arms: list[Arm], n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
-    """The comparison dict (without run settings) from the arms' ``eval/metrics.csv`` (module doc)."""
+def compare(arms: list[Arm], n_boot: int = N_BOOTSTRAP, seed: int = 0, as_predicted: bool = False) -> dict:
+    """The comparison dict (without run settings) from the arms' ``eval/metrics.csv`` (module doc), or
+    with ``as_predicted`` from the metrics without post-processing."""
     seeds = sorted({a.seed for a in arms})
-    per_arm = {a: read_metrics_csv(a.metrics_csv) for a in arms}
+    paths = {a: a.raw_metrics_csv if as_predicted else a.metrics_csv for a in arms}
+    per_arm = {a: read_metrics_csv(paths[a]) for a in arms}
     cases = sorted(next(iter(per_arm.values())))
     for a, rows in per_arm.items():
         if sorted(rows) != cases:
-            raise DataError(a.metrics_csv, f"evaluated cases {sorted(rows)} differ from {cases}; delete this eval/ "
+            raise DataError(paths[a], f"evaluated cases {sorted(rows)} differ from {cases}; delete this eval/ "
                                            "folder and run the experiment again")
     # (condition) -> key -> (cases,) per-case value averaged over seeds
     per_case: dict[str, dict[str, np.ndarray]] = {}
@@ -390,15 +472,29 @@ def _fmt(value, ci=None, signed=False) -> str:
     return s if not ci or ci[0] is None else s + f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def comparison_table(comparison: dict) -> str:
-    """Markdown table: each arm's mean Dice [95 % CI], the paired difference [CI], test, p, n."""
-    lines = [f"scar_seg experiment: {comparison['cases']} test cases, seeds {comparison['seeds']}",
-             "", "| metric | baseline | augmented | augmented - baseline | test | p | n |", "|---|---|---|---|---|---|---|"]
-    for key in OVERALL_KEYS + REGION_KEYS:
+def _rows(comparison: dict, keys) -> list[str]:
+    lines = []
+    for key in keys:
         b, a, p = comparison["baseline"], comparison["augmented"], comparison["paired"][key]
         pv = "n/a" if p["p_value"] is None else f"{p['p_value']:.3g}"
         lines.append(f"| {key} | {_fmt(_mean_of(b, key), b['ci95'][key])} | {_fmt(_mean_of(a, key), a['ci95'][key])} | "
                      f"{_fmt(p['mean_difference'], p['ci95'], signed=True)} | {p['test']} | {pv} | {p['n']} |")
+    return lines
+
+
+def comparison_table(comparison: dict) -> str:
+    """Markdown table: each arm's mean Dice [95 % CI], the paired difference [CI], test, p, n; the
+    post-processing each arm chose on validation and, when it changed anything, the overall Dice as predicted."""
+    header = ["| metric | baseline | augmented | augmented - baseline | test | p | n |", "|---|---|---|---|---|---|---|"]
+    lines = [f"scar_seg experiment: {comparison['cases']} test cases, seeds {comparison['seeds']}", "", *header,
+             *_rows(comparison, OVERALL_KEYS + REGION_KEYS)]
+    post = comparison.get("postprocessing") or {}
+    if post:
+        chosen = ", ".join(f"{name} {rec['min_scar_ml']:g} ml" for name, rec in post.items())
+        lines += ["", f"Scar components smaller than min_scar_ml become myocardium; chosen on each arm's validation "
+                      f"cases: {chosen}."]
+        if any(rec["min_scar_ml"] > 0 for rec in post.values()) and "as_predicted" in comparison:
+            lines += ["", "As predicted (no clean-up):", "", *header, *_rows(comparison["as_predicted"], OVERALL_KEYS)]
     return "\n".join(lines)
 
 

@@ -3,11 +3,14 @@
 A segmenter that has learned scar often leaves a few scar voxels in scar-free hearts; the case then
 scores scar Dice 0 instead of 1. ``RemoveSmallScard`` relabels every scar component smaller than
 ``min_scar_ml`` as healthy myocardium (scar lies inside the myocardium, so the myocardium mask is
-unchanged). nnU-Net chooses such a step on validation cases; so should you (``scar_seg`` docs):
-the default 0 leaves predictions as they are.
+unchanged). nnU-Net chooses such a step on validation cases; so does ``lgesynth experiment``
+(:func:`choose_min_scar_ml` on each arm's validation predictions). The transform's default 0 leaves
+predictions as they are.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +18,9 @@ from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
 from lgesynth.data.labels import MYOCARDIUM, SCAR
-from lgesynth.io import spacing_from_affine
+from lgesynth.io import load_nifti, spacing_from_affine
+
+MIN_SCAR_ML_CANDIDATES = (0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # ml; 1 ml ~ a 10 mm cube
 
 
 def voxel_ml(affine) -> float:
@@ -55,3 +60,51 @@ class RemoveSmallScard(MapTransform):
             cleaned = np.stack([remove_small_scar(c.astype(np.int64), min_voxels) for c in x.detach().cpu().numpy()])
             d[key] = type(x)(torch.as_tensor(cleaned, dtype=x.dtype), meta=x.meta)
         return d
+
+
+def prediction_path(predictions_dir: str | Path, image: str | Path) -> Path:
+    """Where ``evaluate.yaml --save_predictions true`` writes the label predicted for ``image``."""
+    name = Path(image).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return Path(predictions_dir) / f"{name}_seg.nii.gz"
+
+
+def choose_min_scar_ml(cases: list[dict], predictions_dir: str | Path, candidates=MIN_SCAR_ML_CANDIDATES) -> dict:
+    """nnU-Net's post-processing choice for the scar clean-up, on validation cases.
+
+    Args:
+        cases: ``{"id", "image", "label"}`` of the validation cases (absolute paths).
+        predictions_dir: their predicted labels (:func:`prediction_path`), on each label's own grid.
+        candidates: ``min_scar_ml`` values to try (ml).
+    Returns:
+        ``{"min_scar_ml", "candidates", "mean_dice_scar", "per_case", "n_cases", "rule"}``: the candidate
+        with the highest mean scar Dice over the cases (a scar-free case scores 1 when nothing is
+        predicted), the smallest one on ties, so 0 unless the clean-up helps.
+    Raises:
+        DataError: naming a prediction file that is missing or not on its label's grid.
+    """
+    from lgesynth.errors import DataError
+    from lgesynth.seg.metrics import dice
+
+    candidates = sorted(float(c) for c in candidates)
+    per_case: dict[str, list[float]] = {}
+    for case in cases:
+        path = prediction_path(predictions_dir, case["image"])
+        if not path.is_file():
+            raise DataError(path, f"no prediction for validation case {case['id']} (evaluate with save_predictions true)")
+        pred, affine = load_nifti(path)
+        truth, _ = load_nifti(case["label"])
+        pred = np.rint(np.squeeze(pred)).astype(np.int64)
+        if pred.shape != truth.shape:
+            raise DataError(path, f"prediction shape {pred.shape} differs from its label's {truth.shape} ({case['label']})")
+        truth_scar = np.asarray(truth) == SCAR
+        ml = voxel_ml(affine)
+        per_case[case["id"]] = [dice(remove_small_scar(pred, c / ml) == SCAR, truth_scar) for c in candidates]
+    means = np.mean(np.array(list(per_case.values())), axis=0) if per_case else np.zeros(len(candidates))
+    best = int(np.argmax(means)) if per_case else 0
+    return {"min_scar_ml": candidates[best], "candidates": candidates, "mean_dice_scar": [float(m) for m in means],
+            "per_case": per_case, "n_cases": len(per_case),
+            "rule": "highest mean validation scar Dice (scar-free case: 1 if none predicted); smallest on ties"}
