@@ -145,6 +145,48 @@ def test_evaluate_writes_metrics_and_montage(trained):
     assert (out / "inr2vec_montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_refined_latents_fit_the_subjects_inr_better_and_repeat(trained):
+    """Test-time refinement: lower loss against the subject's own INR than the encoder's latent, the
+    same latents for the same seed, the decoder untouched, 0 steps = the encoder alone."""
+    from lgesynth.data.canonical import canonical_coords
+    from lgesynth.engines.inr2vec_eval import load_trained
+    from lgesynth.inr.loss import joint_loss
+    from lgesynth.inr2vec.refine import refine_latents
+    from lgesynth.inr2vec.train import encode_bank, targets_from_inr
+
+    model = load_trained(trained["out"])
+    b = load_bank(trained["bank"])
+    params, coords = b.stacked(), canonical_coords(GRID, float(b.fit.get("z_extent", 1.0)))
+    z0 = encode_bank(model.encoder, params)
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    z = refine_latents(model, params, z0, coords, steps=15, lr=0.01, points=512, batch_size=4)
+    assert z.shape == z0.shape and not torch.equal(z, z0)
+    targets = targets_from_inr(params, coords, model.spec)
+    with torch.no_grad():
+        loss = lambda latents: joint_loss(model.decoder(coords.expand(7, -1, -1), latents), targets, model.loss_weights)  # noqa: E731
+        assert (loss(z) < loss(z0)).all(), (loss(z), loss(z0))  # every subject, on the whole grid
+    assert torch.equal(refine_latents(model, params, z0, coords, steps=15, lr=0.01, points=512, batch_size=4), z)
+    assert all(torch.equal(v, before[k]) for k, v in model.decoder.state_dict().items())
+    assert all(p.requires_grad for p in model.decoder.parameters()) and not model.decoder.training
+    assert refine_latents(model, params, z0, coords, steps=0) is z0
+
+
+def test_evaluate_scores_the_encode_runs_latents(trained):
+    """evaluate --latents reads the encode run's refined latents: the same figures as refining in place."""
+    enc, out = trained["root"] / "enc_refined", trained["root"] / "eval_from_latents"
+    refine = {"steps": 10, "lr": 0.01, "points": 512}
+    _run("inference.yaml", "encode", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(enc),
+         refine=refine, num_threads=1)
+    assert load_latents(enc).source["refine"] == refine
+    _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out),
+         latents=str(enc / "latents.json"), num_threads=1)
+    _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out / "here"),
+         refine=refine, num_threads=1)
+    a, b = (json.loads((d / "inr2vec_metrics.json").read_text()) for d in (out, out / "here"))
+    assert a["latents"] == str(enc / "latents.json") and b["latents"] == {"refine": refine}
+    assert a["psnr_test"] == pytest.approx(b["psnr_test"], abs=1e-4) and a["dice_myo_train"] == pytest.approx(b["dice_myo_train"])
+
+
 def test_siren_decoder_starts_from_the_bank_init_and_decodes(bank, tmp_path):
     from monai.bundle import ConfigParser
 

@@ -148,7 +148,8 @@ class Pipeline:
         self.run_bundle("inr2vec", "train.yaml", bank_dir=str(bank), output_dir=str(model_dir), **o.get("train", {}))
         self.run_bundle("inr2vec", "inference.yaml", run_id="encode", track=False, model_dir=str(model_dir),
                         bank_dir=str(bank), datalist=str(self.datalist), **o.get("encode", {}))
-        self.run_bundle("inr2vec", "evaluate.yaml", model_dir=str(model_dir), bank_dir=str(bank), **o.get("evaluate", {}))
+        self.run_bundle("inr2vec", "evaluate.yaml", model_dir=str(model_dir), bank_dir=str(bank),
+                        latents=str(model_dir / "latents.json"), **o.get("evaluate", {}))
 
     def _edm_synth(self) -> None:
         o = self.preset.get("edm_synth", {})

@@ -1,6 +1,7 @@
 """inr2vec after training: load the networks, encode a bank, decode latents, evaluate the round trip.
 
     load_trained(model_dir, checkpoint)   networks rebuilt from ``inr2vec_model.json`` + a checkpoint
+    bank_latents(model, bank, refine)     encoder latents of a bank, optionally refined (``inr2vec.refine``)
     encode_to_file(model, bank_dir, ...)  bank -> ``latents.safetensors`` + ``latents.json``
     decode_to_nifti(model, latents, ...)  latents -> NIfTI image + label pairs + ``datalist.json``
     Inr2VecEvaluator                      bank -> latent -> decoded volume vs canonical volume, per subject
@@ -31,6 +32,7 @@ from lgesynth.inr2vec.decoder import build_decoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
 from lgesynth.inr2vec.latents import LATENTS_JSON, Latents, load_latents, save_latents, scar_record, state_sha256
 from lgesynth.inr2vec.probe import linear_probe_accuracy
+from lgesynth.inr2vec.refine import refine_latents
 from lgesynth.inr2vec.train import Inr2VecModel, encode_bank
 from lgesynth.engines.inr2vec import MODEL_FORMAT, MODEL_JSON
 from lgesynth.io import save_nifti, write_csv, write_json
@@ -114,17 +116,48 @@ def subject_records(bank: InrBank, datalist: str | None = None, grid: CanonicalG
     return out
 
 
+def bank_latents(model: Inr2VecModel, bank: InrBank, refine: dict | None = None, progress: bool = False) -> torch.Tensor:
+    """``(subjects, latent_dim)`` on the model's device: the encoder's latents, then, when ``refine`` has
+    ``steps`` > 0, :func:`lgesynth.inr2vec.refine.refine_latents` with its ``steps``, ``lr``, ``points``."""
+    device = next(model.parameters()).device
+    params = [p.to(device) for p in bank.stacked()]
+    z = encode_bank(model.encoder, params)
+    if refine and int(refine.get("steps", 0)) > 0:
+        grid = CanonicalGrid.from_dict(bank.fit.get("grid"))
+        coords = canonical_coords(grid.shape, float(bank.fit.get("z_extent", 1.0))).to(device)
+        z = refine_latents(model, params, z, coords, progress=progress, **refine)
+    return z
+
+
 def encode_to_file(model: Inr2VecModel, bank_dir: str, output_dir: str, datalist: str | None = None,
-                   batch_size: int = 64) -> Latents:
-    """Encode every subject of a bank and write ``output_dir/latents.{safetensors,json}``."""
+                   refine: dict | None = None, progress: bool = True) -> Latents:
+    """Encode (and refine, see :func:`bank_latents`) every subject of a bank; write ``output_dir/latents.{safetensors,json}``."""
     bank = load_bank(bank_dir)
     check_bank(model, bank, bank_dir)
-    device = next(model.parameters()).device
-    z = encode_bank(model.encoder, [p.to(device) for p in bank.stacked()], batch_size).cpu()
+    z = bank_latents(model, bank, refine, progress).cpu()
     latents = Latents(z, subject_records(bank, datalist), state_sha256(model.encoder),
-                      {"bank_dir": str(bank_dir), "bank_init": bank.init, "checkpoint": getattr(model, "checkpoint", None)})
+                      {"bank_dir": str(bank_dir), "bank_init": bank.init, "checkpoint": getattr(model, "checkpoint", None),
+                       "refine": dict(refine or {"steps": 0})})
     save_latents(output_dir, latents)
     return latents
+
+
+def latents_for_bank(model: Inr2VecModel, bank: InrBank, latents_path: str | Path) -> torch.Tensor:
+    """Latents from a file made by ``encode_to_file`` for this bank and this encoder, in bank order.
+
+    Raises:
+        DataError: naming the latents file when its encoder or its subjects differ.
+    """
+    lat = load_latents(latents_path)
+    where = Path(latents_path)
+    where = where.parent / LATENTS_JSON if where.suffix else where / LATENTS_JSON
+    if lat.encoder_sha256 and lat.encoder_sha256 != state_sha256(model.encoder):
+        raise DataError(where, "was made by another encoder than this checkpoint's; encode the bank again")
+    rows = {sid: i for i, sid in enumerate(lat.ids)}
+    missing = [sid for sid in bank.ids if sid not in rows]
+    if missing:
+        raise DataError(where, f"has no latent for {len(missing)} bank subject(s) (e.g. {missing[0]}); encode the bank again")
+    return lat.latents[[rows[sid] for sid in bank.ids]].to(next(model.parameters()).device)
 
 
 def _decode_volumes(model: Inr2VecModel, z: torch.Tensor, grid_shape, z_extent: float, chunk: int = 32768):
@@ -200,10 +233,13 @@ class Inr2VecEvaluator(Engine):
     the training-section latents, scored on the test latents, ``_train`` on its own training data) and
     ``inr2vec_montage.png`` (mid slices, source vs reconstruction, ``montage_subjects`` subjects).
     The summary becomes ``state.metrics`` for MLflow (``--tracking mlflow``).
+
+    Latents: ``latents`` (a ``latents.json`` of an encode run of this bank and encoder) when given, else
+    encoded here and refined with ``refine`` (:func:`bank_latents`); the summary records which.
     """
 
     def __init__(self, model: Inr2VecModel, bank_dir: str, output_dir: str, montage_subjects: int = 4,
-                 val_handlers=(), progress: bool = True):
+                 val_handlers=(), progress: bool = True, refine: dict | None = None, latents: str | None = None):
         super().__init__(self._process)
         self.model, self.output_dir, self.montage_subjects = model, Path(output_dir), int(montage_subjects)
         self.bank_dir = str(bank_dir)
@@ -212,8 +248,9 @@ class Inr2VecEvaluator(Engine):
         self.roles = {sid: role for role, ids in split.items() for sid in ids}  # id -> train | val | test
         check_bank(model, self.bank, bank_dir)
         self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
-        device = next(model.parameters()).device
-        self.latents = encode_bank(model.encoder, [p.to(device) for p in self.bank.stacked()])
+        # latents: those of an encode run (--latents), else encoded (and refined) here
+        self.latents = latents_for_bank(model, self.bank, latents) if latents else bank_latents(model, self.bank, refine, progress)
+        self.latent_source = str(latents) if latents else {"refine": dict(refine or {"steps": 0})}
         win = min(7, *[s if s % 2 else s - 1 for s in self.grid.shape])
         from monai.metrics import SSIMMetric
 
@@ -229,7 +266,8 @@ class Inr2VecEvaluator(Engine):
             self._bar = tqdm(total=len(self.bank), desc="inr2vec evaluate", unit="subject")
 
     def run_params(self) -> dict:
-        return {"bank_dir": self.bank_dir, "checkpoint": getattr(self.model, "checkpoint", None), "subjects": len(self.bank)}
+        return {"bank_dir": self.bank_dir, "checkpoint": getattr(self.model, "checkpoint", None), "subjects": len(self.bank),
+                "latents": str(self.latent_source)}
 
     def _process(self, engine: Engine, index: int) -> list[dict]:
         subject = self.bank.subjects[index]
@@ -256,7 +294,8 @@ class Inr2VecEvaluator(Engine):
         return [dict(row, loss=mse)]
 
     def summary(self) -> dict:
-        out: dict = {"subjects": len(self.rows), "checkpoint": getattr(self.model, "checkpoint", None)}
+        out: dict = {"subjects": len(self.rows), "checkpoint": getattr(self.model, "checkpoint", None),
+                     "latents": self.latent_source}
         for tag in ("train", "val", "test"):
             rows = [r for r in self.rows if r["role"] == tag]
             if not rows and tag == "val":

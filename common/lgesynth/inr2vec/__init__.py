@@ -15,17 +15,20 @@ Modules (one job each):
               sample_batch, targets_from_inr, encode_bank(encoder, params | InrBank),
               evaluate(model, params, coords_full, targets_full=None) -> per-subject psnr, dice_myo, dice_scar
     probe     linear_probe_accuracy(latents_train, y_train, latents_test, y_test)
+    refine    refine_latents(model, params, latents, coords_full, steps=100, lr=1e-2, points=4096): test-time
+              Adam on the latents alone (decoder frozen) against each subject's own INR
 """
 
 from lgesynth.inr2vec.augment import add_weight_noise, augment_params, permute_neurons
 from lgesynth.inr2vec.decoder import FourierFeatures, ImplicitDecoder, build_decoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder, init_std, weight_rows
 from lgesynth.inr2vec.probe import linear_probe_accuracy
+from lgesynth.inr2vec.refine import refine_latents
 from lgesynth.inr2vec.siren_decoder import SirenDecoder
 from lgesynth.inr2vec.train import Inr2VecModel, encode_bank, evaluate, sample_batch, targets_from_inr, train_step
 
 __all__ = [
     "FourierFeatures", "ImplicitDecoder", "Inr2VecEncoder", "Inr2VecModel", "add_weight_noise", "augment_params",
-    "SirenDecoder", "build_decoder", "encode_bank", "evaluate", "init_std", "linear_probe_accuracy", "permute_neurons", "sample_batch",
+    "SirenDecoder", "build_decoder", "encode_bank", "evaluate", "init_std", "linear_probe_accuracy", "permute_neurons", "refine_latents", "sample_batch",
     "targets_from_inr", "train_step", "weight_rows",
 ]
