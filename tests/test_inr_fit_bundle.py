@@ -102,6 +102,28 @@ def test_changed_settings_refuse_an_existing_bank(fitted, tmp_path):
     assert "other settings" in _root_message(info.value)
 
 
+def test_new_subjects_join_a_bank_through_its_init(fitted, tmp_path):
+    """init kind 'bank': new scans fitted from an existing bank's meta-learned init (no new Reptile
+    run), merge with it, and another architecture is refused naming the bank's JSON."""
+    from lgesynth.inr.bank import merge_banks, same_init
+
+    more = write_tiny_datalist(tmp_path / "more", n_cases=2)
+    out = tmp_path / "more_bank"
+    _run("train.yaml", datalist=str(more), output_dir=str(out), **{**TINY, "init": {"kind": "bank", "path": str(fitted["out"])}})
+    old, new = load_bank(fitted["out"]), load_bank(out)
+    assert same_init(new.init, old.init) and new.init["sha256"] == old.init["sha256"]
+    assert json.loads((out / "inr_init.json").read_text())["copied_from"] == str(fitted["out"])
+    assert not (out / "inr_init.json").read_text().count("made_with")  # no Reptile run of its own
+    assert new.params(0)[0].shape == old.params(0)[0].shape and len(new) == 2
+    renamed = [{**s, "id": f"new_{s['id']}"} for s in new.subjects]
+    merged = merge_banks([old, type(new)(new.spec, new.init, new.weights, renamed, new.fit)])
+    assert len(merged) == len(old) + len(new)
+    with pytest.raises(Exception) as info:
+        _run("train.yaml", datalist=str(more), output_dir=str(tmp_path / "wide"),
+             **{**TINY, "spec": {"hidden_features": 48, "hidden_layers": 2}, "init": {"kind": "bank", "path": str(fitted["out"])}})
+    assert "inr_bank.json" in _root_message(info.value) and "architecture" in _root_message(info.value)
+
+
 def test_evaluate_writes_per_subject_csv(fitted):
     _run("evaluate.yaml", output_dir=str(fitted["out"]))
     rows = list(csv.DictReader(open(fitted["out"] / "fit_metrics.csv")))

@@ -63,7 +63,9 @@ class InrFitTrainer(Engine):
         grid: canonical grid (dict or ``CanonicalGrid``).
         spec: SIREN architecture (dict or ``SirenSpec``).
         fit: ``FitConfig`` fields (targets, steps, batch size, points, lr ...).
-        init: ``{"kind": "meta", "seed": 0, ...MetaConfig fields}`` or ``{"kind": "seed", "seed": 0}``.
+        init: ``{"kind": "meta", "seed": 0, ...MetaConfig fields}``, ``{"kind": "seed", "seed": 0}``, or
+            ``{"kind": "bank", "path": DIR}``: the init of the bank in DIR (copied here), so that new
+            subjects (new scans, augmented copies) join that bank and the inr2vec encoder trained on it.
         chunk_subjects: subjects per iteration (and per bank checkpoint).
         sections: datalist sections to fit (default all).
         device: torch device.
@@ -106,6 +108,8 @@ class InrFitTrainer(Engine):
         if cfg["kind"] == "seed":
             record = seed_init(cfg["seed"])
             return init_params(self.spec, record["seed"]), record
+        if cfg["kind"] == "bank":
+            return self._init_of_bank(Path(cfg["path"]))
         meta_cfg = MetaConfig(**{k: v for k, v in cfg.items() if k in MetaConfig.__dataclass_fields__})
         record_path = self.output_dir / "inr_init.json"
         if (self.output_dir / INIT_FILE).exists() and record_path.exists():
@@ -122,6 +126,24 @@ class InrFitTrainer(Engine):
         write_json(record_path, record)
         logger.info("shared init ready in %.1f s", time.perf_counter() - t0)
         return theta, record
+
+    def _init_of_bank(self, source: Path) -> tuple[list[torch.Tensor], dict]:
+        """The init another bank was fitted from (its ``inr_bank.json`` record), checked against this
+        architecture and copied into ``output_dir`` so that this bank is complete on its own."""
+        bank_json = source / BANK_JSON
+        if not bank_json.exists():
+            raise DataError(bank_json, "not found: init kind 'bank' needs the folder of an inr_fit bank")
+        doc = read_json(bank_json)
+        if SirenSpec.from_dict(doc["architecture"]) != self.spec:
+            raise DataError(bank_json, f"architecture {doc['architecture']} differs from this fit's {self.spec.to_dict()}; "
+                            "a bank's init only serves its own architecture")
+        record = doc["init"]
+        if record.get("kind") == "seed":
+            return init_params(self.spec, int(record["seed"])), record
+        params = load_init(source, record, self.spec)
+        copied = save_init(self.output_dir, params, self.spec, record.get("record"))
+        write_json(self.output_dir / "inr_init.json", {**copied, "copied_from": str(source)})
+        return params, copied
 
     def _load_checked(self, folder: Path):
         bank = load_bank(folder, spec=self.spec, init=self.init_record)
