@@ -15,7 +15,7 @@ Modules (one job each):
               sample_batch, targets_from_inr, encode_bank(encoder, params | InrBank),
               evaluate(model, params, coords_full, targets_full=None) -> per-subject psnr, dice_myo, dice_scar
     probe     linear_probe_accuracy(latents_train, y_train, latents_test, y_test)
-    refine    refine_latents(model, params, latents, coords_full, steps=100, lr=1e-2, points=4096): test-time
+    refine    refine_latents(model, params, latents, coords_full, steps=100, lr=0.1, points=2048): test-time
               Adam on the latents alone (decoder frozen) against each subject's own INR
 """
 

@@ -40,7 +40,7 @@ def _frozen(module: torch.nn.Module):
 
 
 def refine_latents(model: Inr2VecModel, params: list[torch.Tensor], latents: torch.Tensor, coords_full: torch.Tensor,
-                   steps: int = 100, lr: float = 1e-2, points: int = 4096, batch_size: int = 16, seed: int = 0,
+                   steps: int = 100, lr: float = 0.1, points: int = 2048, batch_size: int = 16, seed: int = 0,
                    progress: bool = False) -> torch.Tensor:
     """Refined latents ``(S, latent_dim)`` (module doc); ``steps <= 0`` returns ``latents`` unchanged.
 

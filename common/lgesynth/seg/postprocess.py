@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from lgesynth.data.labels import MYOCARDIUM, SCAR
 from lgesynth.io import load_nifti, spacing_from_affine
 
-MIN_SCAR_ML_CANDIDATES = (0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # ml; 1 ml ~ a 10 mm cube
+MIN_SCAR_ML_CANDIDATES = (0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)  # ml; 1 ml ~ a 10 mm cube
 
 
 def voxel_ml(affine) -> float:
