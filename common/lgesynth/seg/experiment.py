@@ -14,8 +14,8 @@ validation hold-out and initialisation). Each model is evaluated with ``evaluate
 datalist's ``test`` section, after nnU-Net-style post-processing chosen on that arm's own validation
 cases (``--min_scar_ml auto``: scar specks under the chosen volume become myocardium,
 :func:`lgesynth.seg.postprocess.choose_min_scar_ml`; ``postprocess.json``); when the clean-up changes
-anything the test cases are also scored as predicted (``eval_raw/``, ``comparison.json["as_predicted"]``). Everything is tracked in one MLflow experiment (default
-``sqlite:///DIR/mlruns.db``): training run ``<condition>_seed<seed>``, evaluation run
+anything the test cases are also scored as predicted (``eval_raw/``, ``comparison.json["as_predicted"]``).
+Everything is tracked in one MLflow experiment (default ``sqlite:///DIR/mlruns.db``): training run ``<condition>_seed<seed>``, evaluation run
 ``<condition>_seed<seed>_eval`` (``test_<metric>``, tag ``min_scar_ml``; ``..._eval_raw`` as predicted),
 all tagged ``condition``, ``seed`` and ``stage``.
 
