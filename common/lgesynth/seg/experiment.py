@@ -15,9 +15,9 @@ datalist's ``test`` section, after nnU-Net-style post-processing chosen on that 
 cases (``--min_scar_ml auto``: scar specks under the chosen volume become myocardium,
 :func:`lgesynth.seg.postprocess.choose_min_scar_ml`; ``postprocess.json``); when the clean-up changes
 anything the test cases are also scored as predicted (``eval_raw/``, ``comparison.json["as_predicted"]``).
-Everything is tracked in one MLflow experiment (default ``sqlite:///DIR/mlruns.db``): training run ``<condition>_seed<seed>``, evaluation run
-``<condition>_seed<seed>_eval`` (``test_<metric>``, tag ``min_scar_ml``; ``..._eval_raw`` as predicted),
-all tagged ``condition``, ``seed`` and ``stage``.
+Everything is tracked in one MLflow experiment (default ``sqlite:///DIR/mlruns.db``): training run
+``<condition>_seed<seed>``, evaluation run ``<condition>_seed<seed>_eval`` (``test_<metric>``, tag
+``min_scar_ml``; ``..._eval_raw`` as predicted), all tagged ``condition``, ``seed`` and ``stage``.
 
 Statistics (:func:`compare`): per test case the Dice of each arm is averaged over seeds, then the
 arms are compared **paired over cases**: the mean difference (augmented - baseline), its 95 %
