@@ -167,13 +167,28 @@ def test_calibration_repeats_until_the_chosen_network_is_predicted_right():
         measured.append(model(p))
         return measured[-1]
 
-    calibrated = calibrate_plan(plan, rounds=4, tolerance=0.05, measure=machine)
+    calibrated = calibrate_plan(plan, rounds=4, tolerance=0.05, measure=machine, pause=0)
     assert len(measured) >= 2
     assert calibrated["budget"]["seconds_per_iteration"] == pytest.approx(model(calibrated), rel=0.05)
     assert calibrated["budget"]["predicted_minutes"] <= calibrated["budget"]["budget_minutes"]
     assert calibrated["why"][-1].startswith("calibrated")
     same = calibrate_plan(plan, measure=lambda p: p["budget"]["seconds_per_iteration"])  # the model is right
     assert same["budget"] == plan["budget"] and same["why"][-1].startswith("calibrated")
+
+
+def test_a_timing_slowed_by_a_passing_load_is_taken_again():
+    """The first timing runs 2.2x slow (another job), the repeat at the model's speed: the plan stays."""
+    plan = make_plan(ANISO, preset="cpu")
+    timings = iter([2.2, 1.0, 1.0])
+
+    def machine(p):
+        return next(timings) * p["budget"]["seconds_per_iteration"]
+
+    calibrated = calibrate_plan(plan, measure=machine, pause=0)
+    assert calibrated["budget"] == plan["budget"]
+    assert calibrated["why"][-2].startswith("timing repeated") and calibrated["why"][-1].startswith("calibrated")
+    slow = calibrate_plan(plan, rounds=1, measure=lambda p: 2.0 * p["budget"]["seconds_per_iteration"], pause=0)
+    assert slow["budget"]["cost_model"]["scale"] == pytest.approx(2.0 * plan["budget"]["cost_model"]["scale"])  # a slow machine stays slow
 
 
 def test_measure_step_seconds_on_a_tiny_plan():

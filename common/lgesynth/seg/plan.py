@@ -523,16 +523,26 @@ def measure_iteration_seconds(plan: dict, steps: int = 3, seed: int = 0) -> floa
     return ITERATION_OVERHEAD * measure_step_seconds(plan, steps, seed)
 
 
-def calibrate_plan(plan: dict, rounds: int = 3, tolerance: float = 0.2, measure=measure_iteration_seconds) -> dict:
+def calibrate_plan(plan: dict, rounds: int = 3, tolerance: float = 0.2, measure=measure_iteration_seconds,
+                   pause: float = 5.0) -> dict:
     """Re-plan until the chosen network's measured iteration is within ``tolerance`` of the prediction.
 
     One rescale fits the cost model's scale to one network; when that changes the choice (a smaller
     patch or width), the fixed per-iteration part of the model rarely scales like the rest, so the new
     choice is timed as well, up to ``rounds`` measurements. ``measure(plan) -> seconds`` per iteration.
+    A measurement slower than predicted is taken again after ``pause`` seconds and the faster one kept:
+    other jobs on the cores only ever add time, and one timing taken under a passing load once shrank
+    a 50-minute EMIDEC plan to 18 minutes of training (scar_seg docs).
     """
     for _ in range(rounds):
         seconds = measure(plan)
         predicted = plan["budget"]["seconds_per_iteration"]
+        if seconds > predicted * (1.0 + tolerance):
+            time.sleep(pause)
+            again = measure(plan)
+            if again < seconds:
+                plan = {**plan, "why": plan["why"] + [f"timing repeated: {seconds:.3f} s, then {again:.3f} s; the faster kept"]}
+                seconds = again
         if abs(seconds / predicted - 1.0) <= tolerance:
             return {**plan, "why": plan["why"] + [f"calibrated: a measured iteration took {seconds:.3f} s, {predicted:.3f} s predicted"]}
         plan = refine_plan(plan, measured_seconds=seconds)
