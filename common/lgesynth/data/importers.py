@@ -61,7 +61,9 @@ class _CaseProblems(Exception):
         self.problems = problems
 
 
-def _stem(path: Path) -> str:
+def nifti_stem(path: str | Path) -> str:
+    """File name without ``.nii.gz`` / ``.nii`` (``a/p001.nii.gz`` -> ``p001``)."""
+    path = Path(path)
     name = path.name
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
@@ -216,7 +218,7 @@ def _collect(spec: str | Path, what: str) -> dict[str, Path]:
     spec_path = Path(spec)
     if spec_path.is_dir():
         files = sorted(p for p in spec_path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
-        ids = [_stem(p) for p in files]
+        ids = [nifti_stem(p) for p in files]
     else:
         files = sorted(Path(p) for p in glob.glob(str(spec)) if Path(p).is_file())
         name = spec_path.name
@@ -224,7 +226,7 @@ def _collect(spec: str | Path, what: str) -> dict[str, Path]:
             prefix, suffix = name.split("*")
             ids = [p.name[len(prefix): len(p.name) - len(suffix)] for p in files]
         else:
-            ids = [_stem(p) for p in files]
+            ids = [nifti_stem(p) for p in files]
     if not files:
         raise DataError(spec, f"no {what} files found (give a folder of .nii/.nii.gz files or a glob pattern)")
     by_id: dict[str, Path] = {}

@@ -64,12 +64,9 @@ class RemoveSmallScard(MapTransform):
 
 def prediction_path(predictions_dir: str | Path, image: str | Path) -> Path:
     """Where ``evaluate.yaml --save_predictions true`` writes the label predicted for ``image``."""
-    name = Path(image).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return Path(predictions_dir) / f"{name}_seg.nii.gz"
+    from lgesynth.data.importers import nifti_stem
+
+    return Path(predictions_dir) / f"{nifti_stem(image)}_seg.nii.gz"
 
 
 def choose_min_scar_ml(cases: list[dict], predictions_dir: str | Path, candidates=MIN_SCAR_ML_CANDIDATES) -> dict:
