@@ -142,17 +142,27 @@ def encode_to_file(model: Inr2VecModel, bank_dir: str, output_dir: str, datalist
     return latents
 
 
+def load_latents_of(model: Inr2VecModel, latents_path: str | Path) -> tuple[Latents, Path]:
+    """``(latents, their latents.json path)``, refused with a ``DataError`` naming that file when another
+    encoder made them (``encoder_sha256``) or their size is not the decoder's ``latent_dim``."""
+    lat = load_latents(latents_path)
+    where = Path(latents_path)
+    where = where.parent / LATENTS_JSON if where.suffix else where / LATENTS_JSON
+    if lat.encoder_sha256 and lat.encoder_sha256 != state_sha256(model.encoder):
+        raise DataError(where, "was made by another encoder than the one paired with this decoder (encoder_sha256 "
+                        f"differs; checkpoint {getattr(model, 'checkpoint', '?')}); use the checkpoint that encoded them")
+    if lat.latents.shape[1] != model.decoder.latent_dim:
+        raise DataError(where, f"latent_dim {lat.latents.shape[1]} differs from the decoder's {model.decoder.latent_dim}")
+    return lat, where
+
+
 def latents_for_bank(model: Inr2VecModel, bank: InrBank, latents_path: str | Path) -> torch.Tensor:
     """Latents from a file made by ``encode_to_file`` for this bank and this encoder, in bank order.
 
     Raises:
         DataError: naming the latents file when its encoder or its subjects differ.
     """
-    lat = load_latents(latents_path)
-    where = Path(latents_path)
-    where = where.parent / LATENTS_JSON if where.suffix else where / LATENTS_JSON
-    if lat.encoder_sha256 and lat.encoder_sha256 != state_sha256(model.encoder):
-        raise DataError(where, "was made by another encoder than this checkpoint's; encode the bank again")
+    lat, where = load_latents_of(model, latents_path)
     rows = {sid: i for i, sid in enumerate(lat.ids)}
     missing = [sid for sid in bank.ids if sid not in rows]
     if missing:
@@ -183,14 +193,7 @@ def decode_to_nifti(model: Inr2VecModel, latents_path: str, output_dir: str, aff
         whose label would fail ``check_datalist`` (e.g. no myocardium) is written but listed under
         ``"rejected"`` with the reason instead.
     """
-    lat = load_latents(latents_path)
-    where = Path(latents_path)
-    where = where.parent / LATENTS_JSON if where.suffix else where / LATENTS_JSON
-    if lat.encoder_sha256 and lat.encoder_sha256 != state_sha256(model.encoder):
-        raise DataError(where, "was made by another encoder than the one paired with this decoder (encoder_sha256 "
-                        f"differs; checkpoint {getattr(model, 'checkpoint', '?')}); decode with the checkpoint that encoded them")
-    if lat.latents.shape[1] != model.decoder.latent_dim:
-        raise DataError(where, f"latent_dim {lat.latents.shape[1]} differs from the decoder's {model.decoder.latent_dim}")
+    lat, _ = load_latents_of(model, latents_path)
     rows = [i for i, sid in enumerate(lat.ids) if ids is None or sid in set(ids)]
     record, out = model.record, Path(output_dir)
     grid_shape = tuple(record["grid"]["shape"])

@@ -282,17 +282,19 @@ def _seeds(seeds) -> list[int]:
     return out
 
 
-def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, val_fraction: float, logging_file) -> dict:
+def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, logging_file) -> dict:
     """Write ``arm.folder/postprocess.json``: ``min_scar_ml`` fixed by the caller, or (``"auto"``) chosen
-    on the arm's own validation cases (train.yaml's hold-out for its seed) as nnU-Net chooses its
-    post-processing: predict them (``val_eval/``), score every candidate, keep the best."""
+    on the arm's own validation cases (the hold-out its training config made: ``val_fraction`` and
+    ``seed`` of ``config_train.json``) as nnU-Net chooses its post-processing: predict them
+    (``val_eval/``), score every candidate, keep the best."""
     from lgesynth.seg.data import split_training
     from lgesynth.seg.postprocess import choose_min_scar_ml
 
     if min_scar_ml != "auto":
         record = {"min_scar_ml": float(min_scar_ml), "fixed": float(min_scar_ml), "rule": "fixed by the caller"}
     else:
-        val = split_training(real, val_fraction, arm.seed)["val"]
+        trained_with = json.loads((arm.folder / "config_train.json").read_text())
+        val = split_training(real, float(trained_with["val_fraction"]), int(trained_with["seed"]))["val"]
         if not val:
             record = {"min_scar_ml": 0.0, "n_cases": 0, "rule": "no validation cases: no post-processing"}
         else:
@@ -335,7 +337,7 @@ def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: 
                     **data, **overrides, **tracking)
         did.append("trained")
     if not arm.postprocess_chosen(min_scar_ml):
-        _choose_postprocessing(arm, real, min_scar_ml, float(overrides.get("val_fraction", 0.2)), logging_file)
+        _choose_postprocessing(arm, real, min_scar_ml, logging_file)
         did.append("post-processing chosen")
     chosen = arm.min_scar_ml()
     if not arm.evaluated():
