@@ -9,7 +9,9 @@
   contract), myocardium = label in {1, 2} and scar = label 2, rather than on the classes 1 and 2.
 - :func:`plan_inferer`: sliding-window inference with the plan's patch: MONAI's
   ``SlidingWindowInferer`` for 3D plans, ``SliceInferer`` (the same windows, slice by slice along the
-  last axis) for 2D plans.
+  last axis) for 2D plans; with ``mirror_axes``, wrapped in :class:`MirroredInferer`.
+- :class:`MirroredInferer`: nnU-Net's test-time mirroring, the mean of the logits over every
+  combination of flips along the axes that training mirrored.
 - :func:`latest_checkpoint`, :class:`ResumeCheckpointLoader`, :class:`TrainerCheckpointSaver`: resume a
   killed run from the newest ``checkpoint_epoch=N.pt``. The trainer's own state (epoch, iteration)
   must be in the checkpoint, but a config cannot reference ``train#trainer`` from its own handler
@@ -22,6 +24,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
 from lgesynth.data.labels import MYOCARDIUM, SCAR
@@ -137,14 +141,49 @@ def structure_output(index: int):
     return select
 
 
-def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4):
-    """Sliding-window inferer over the plan's patch (``plan`` in the slice-last frame)."""
+class MirroredInferer(Inferer):
+    """nnU-Net's test-time mirroring around another inferer.
+
+    The network runs once per subset of ``spatial_axes`` (2^len of them), on the input flipped along
+    that subset; each output is flipped back and the logits are averaged (as nnU-Net v2 does).
+    Inputs and outputs are ``(batch, channels, *spatial)``; ``spatial_axes`` count from the first
+    spatial axis. Mirror only along axes that training augmented with flips.
+    """
+
+    def __init__(self, inferer: Inferer, spatial_axes=(0, 1)):
+        super().__init__()
+        self.inferer = inferer
+        self.spatial_axes = tuple(int(a) for a in spatial_axes)
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        total = None
+        subsets = list(itertools.chain.from_iterable(
+            itertools.combinations(self.spatial_axes, k) for k in range(len(self.spatial_axes) + 1)))
+        for axes in subsets:
+            dims = [a + 2 for a in axes]
+            x = torch.flip(inputs, dims) if dims else inputs
+            y = self.inferer(x, network, *args, **kwargs)
+            y = torch.flip(y, dims) if dims else y
+            total = y if total is None else total + y
+        return total / len(subsets)
+
+
+def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4,
+                 mirror_axes=()):
+    """Sliding-window inferer over the plan's patch (``plan`` in the slice-last frame).
+
+    ``mirror_axes``: spatial axes (slice-last frame; ``(0, 1)`` = in plane, the flips train.yaml
+    augments with) to average mirrored predictions over (:class:`MirroredInferer`, 2^n passes);
+    empty for none.
+    """
     from monai.inferers import SliceInferer, SlidingWindowInferer
 
     roi = list(plan["patch_size"])
     if plan["network"]["spatial_dims"] == 2:
-        return SliceInferer(spatial_dim=2, roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
-    return SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
+        base = SliceInferer(spatial_dim=2, roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
+    else:
+        base = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
+    return MirroredInferer(base, mirror_axes) if mirror_axes else base
 
 
 def latest_checkpoint(folder: str | Path) -> str:
