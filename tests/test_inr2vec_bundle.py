@@ -169,6 +169,11 @@ def test_refined_latents_fit_the_subjects_inr_better_and_repeat(trained):
     assert all(torch.equal(v, before[k]) for k, v in model.decoder.state_dict().items())
     assert all(p.requires_grad for p in model.decoder.parameters()) and not model.decoder.training
     assert refine_latents(model, params, z0, coords, steps=0) is z0
+    # the pull toward the encoder's latent keeps every refined latent nearer its start, still better than it
+    pulled = refine_latents(model, params, z0, coords, steps=15, lr=0.01, points=512, batch_size=4, pull=1.0)
+    assert ((pulled - z0).norm(dim=1) < (z - z0).norm(dim=1)).all()
+    with torch.no_grad():
+        assert (loss(pulled) < loss(z0)).all()
 
 
 def test_evaluate_scores_the_encode_runs_latents(trained):
