@@ -154,18 +154,18 @@ class MirroredInferer(Inferer):
         super().__init__()
         self.inferer = inferer
         self.spatial_axes = tuple(int(a) for a in spatial_axes)
+        # tensor dims (batch and channel first) of every flip combination, the empty one included
+        self.flip_dims = [[a + 2 for a in axes] for k in range(len(self.spatial_axes) + 1)
+                          for axes in itertools.combinations(self.spatial_axes, k)]
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         total = None
-        subsets = list(itertools.chain.from_iterable(
-            itertools.combinations(self.spatial_axes, k) for k in range(len(self.spatial_axes) + 1)))
-        for axes in subsets:
-            dims = [a + 2 for a in axes]
+        for dims in self.flip_dims:
             x = torch.flip(inputs, dims) if dims else inputs
             y = self.inferer(x, network, *args, **kwargs)
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total + y
-        return total / len(subsets)
+        return total / len(self.flip_dims)
 
 
 def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4,
