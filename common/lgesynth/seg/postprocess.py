@@ -17,6 +17,7 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
+from lgesynth.data.importers import nifti_stem
 from lgesynth.data.labels import MYOCARDIUM, SCAR
 from lgesynth.io import load_nifti, spacing_from_affine
 
@@ -64,8 +65,6 @@ class RemoveSmallScard(MapTransform):
 
 def prediction_path(predictions_dir: str | Path, image: str | Path) -> Path:
     """Where ``evaluate.yaml --save_predictions true`` writes the label predicted for ``image``."""
-    from lgesynth.data.importers import nifti_stem
-
     return Path(predictions_dir) / f"{nifti_stem(image)}_seg.nii.gz"
 
 
