@@ -277,6 +277,61 @@ def test_mirrored_inference_averages_the_flipped_back_passes(dims):
         torch.testing.assert_close(mirrored(x, identity), single(x, identity))
 
 
+
+def _member(folder: Path, plan_path: Path, seed: int) -> torch.nn.Module:
+    """A freshly initialised network of the plan, saved as a training's ``models/`` (model.pt, plan.json)."""
+    from lgesynth.seg.plan import build_dynunet, load_plan
+
+    torch.manual_seed(seed)
+    net = build_dynunet(slice_last_plan(load_plan(plan_path))).eval()
+    (folder / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), folder / "models" / "model.pt")
+    write_plan(folder / "models" / "plan.json", load_plan(plan_path))
+    return net
+
+
+def test_ensemble_is_the_mean_of_its_members_logits(tmp_path):
+    from lgesynth.seg.engine_utils import LogitMeanEnsemble, ensemble_network
+    from lgesynth.seg.plan import load_plan
+
+    plan_path = tiny_plan(tmp_path / "plan.json")
+    plan = slice_last_plan(load_plan(plan_path))
+    first, second, third = (_member(tmp_path / f"m{i}", plan_path, seed=i) for i in range(3))
+    assert ensemble_network(first, plan, []) is first
+    ensemble = ensemble_network(first, plan, [tmp_path / "m1", tmp_path / "m2"]).eval()
+    assert isinstance(ensemble, LogitMeanEnsemble) and len(ensemble.members) == 3
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        outputs = [net(x) for net in (first, second, third)]
+        assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
+        torch.testing.assert_close(ensemble(x), sum(outputs) / 3)
+    # a member of another plan, or with unreadable weights, is refused naming its file
+    other = json.loads(plan_path.read_text())
+    other["network"]["filters"] = [16 * 2 ** i for i in range(len(other["network"]["filters"]))]
+    write_plan(tmp_path / "m2" / "models" / "plan.json", other)
+    with pytest.raises(DataError, match=r"m2/models/plan\.json: describes another network"):
+        ensemble_network(first, plan, [tmp_path / "m2"])
+    (tmp_path / "m1" / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match=r"m1/models/model\.pt: cannot read the weights"):
+        ensemble_network(first, plan, [tmp_path / "m1"])
+
+
+def test_inference_with_ensemble_dirs_uses_every_member(trained, tmp_path):
+    """A member whose background logit is +1000 outvotes the trained model everywhere: all background."""
+    member = tmp_path / "member" / "models"
+    member.mkdir(parents=True)
+    (member / "plan.json").write_bytes((trained["out"] / "models" / "plan.json").read_bytes())
+    state = torch.load(trained["out"] / "models" / "model.pt", weights_only=True)
+    bias = [k for k in state if k.startswith("output_block.") and k.endswith("bias")]
+    assert len(bias) == 1
+    state[bias[0]][0] += 1000.0
+    torch.save(state, member / "model.pt")
+    out = tmp_path / "pred"
+    _run("inference.yaml", input=str(trained["datalist"]), train_dir=str(trained["out"]), output_dir=str(out),
+         ensemble_dirs=[str(tmp_path / "member")])
+    (pred,) = out.glob("*_seg.nii.gz")
+    assert not np.asarray(nib.load(str(pred)).dataobj).any()
+
 # Two ranks with batch B train the weights of one process with batch 2B (multi_gpu_train.yaml says how, by
 # design). What may differ is float summation order (the batch's sums split over two ranks, DDP's gradient
 # all-reduce): ~1e-7 relative in the first gradients (measured 7e-8 absolute, largest gradient 2e-2).

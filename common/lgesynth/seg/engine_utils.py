@@ -12,6 +12,8 @@
   last axis) for 2D plans; with ``mirror_axes``, wrapped in :class:`MirroredInferer`.
 - :class:`MirroredInferer`: nnU-Net's test-time mirroring, the mean of the logits over every
   combination of flips along the axes that training mirrored.
+- :class:`LogitMeanEnsemble` and :func:`ensemble_network`: nnU-Net's ensemble of several trainings
+  (folds, seeds) of one plan, the mean of the members' logits.
 - :func:`latest_checkpoint`, :class:`ResumeCheckpointLoader`, :class:`TrainerCheckpointSaver`: resume a
   killed run from the newest ``checkpoint_epoch=N.pt``. The trainer's own state (epoch, iteration)
   must be in the checkpoint, but a config cannot reference ``train#trainer`` from its own handler
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import pickle
 import re
 import time
 from pathlib import Path
@@ -184,6 +187,64 @@ def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_ba
     else:
         base = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
     return MirroredInferer(base, mirror_axes) if mirror_axes else base
+
+
+class LogitMeanEnsemble(torch.nn.Module):
+    """Several networks of one plan as one: ``(batch, in, *spatial) -> (batch, classes, *spatial)``, the
+    mean of the members' logits (nnU-Net v2 averages its folds' logits; softmax and argmax come after).
+    Meant for evaluation mode, where DynUNet returns the full-resolution head alone."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member in self.members:
+            y = member(x)
+            total = y if total is None else total + y
+        return total / len(self.members)
+
+
+def _same_network(a: dict, b: dict) -> bool:
+    keys = ("network", "patch_size", "target_spacing_mm")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def ensemble_network(network: torch.nn.Module, plan: dict, train_dirs=(), device=None) -> torch.nn.Module:
+    """``network`` alone, or with the models of ``train_dirs`` a :class:`LogitMeanEnsemble`.
+
+    ``network``: built from ``plan`` (its weights are loaded by the config's ``CheckpointLoader``);
+    ``train_dirs``: train.yaml output_dirs (or bundle folders) of trainings of the same plan, each with
+    ``models/model.pt`` and ``models/plan.json``.
+
+    Raises:
+        DataError: naming the file when a member's plan or weights are missing, unreadable, or belong
+        to another network (the inferer has one patch and spacing for all members).
+    """
+    from lgesynth.errors import DataError
+    from lgesynth.seg.data import slice_last_plan
+    from lgesynth.seg.plan import build_dynunet, load_plan
+
+    members = [network]
+    for folder in train_dirs or ():
+        models = Path(folder) / "models"
+        member_plan = slice_last_plan(load_plan(models / "plan.json"))
+        if not _same_network(member_plan, plan):
+            raise DataError(models / "plan.json", "describes another network, patch or spacing than the ensemble's "
+                            "first model; an ensemble needs trainings of one plan (train.yaml --plan_path)")
+        weights = models / "model.pt"
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise DataError(weights, f"cannot read the weights ({exc})") from None
+        member = build_dynunet(member_plan)
+        try:
+            member.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except (RuntimeError, AttributeError) as exc:
+            raise DataError(weights, f"weights do not fit the plan's network ({str(exc).splitlines()[0]})") from None
+        members.append(member.to(device) if device is not None else member)
+    return network if len(members) == 1 else LogitMeanEnsemble(members)
 
 
 def latest_checkpoint(folder: str | Path) -> str:
