@@ -40,8 +40,10 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
 from lgesynth.data.labels import MYOCARDIUM, SCAR
+from lgesynth.errors import DataError
 from lgesynth.io import atomic_path, write_json
-from lgesynth.seg.plan import write_plan
+from lgesynth.seg.data import slice_last_plan
+from lgesynth.seg.plan import build_dynunet, load_plan, write_plan
 
 STRUCTURES = ("myo", "scar")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
@@ -222,10 +224,6 @@ def ensemble_network(network: torch.nn.Module, plan: dict, train_dirs=(), device
         DataError: naming the file when a member's plan or weights are missing, unreadable, or belong
         to another network (the inferer has one patch and spacing for all members).
     """
-    from lgesynth.errors import DataError
-    from lgesynth.seg.data import slice_last_plan
-    from lgesynth.seg.plan import build_dynunet, load_plan
-
     members = [network]
     for folder in train_dirs or ():
         models = Path(folder) / "models"
