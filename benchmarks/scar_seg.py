@@ -1,4 +1,4 @@
-"""Benchmark scar_seg: training iterations/s and sliding-window inference seconds per volume.
+"""Benchmark scar_seg: training iterations/s and sliding-window inference seconds per volume (one pass, mirrored).
 
     python benchmarks/scar_seg.py --json /tmp/scar_seg.json                  # smoke, cpu, nnunet; ~1-2 min
     python benchmarks/scar_seg.py --datalist runs/phantom/datalist.json --configs cpu --steps 5
@@ -15,7 +15,8 @@ Training step: what the bundle does per iteration: forward with deep supervision
 head (the bundle's loss), backward, SGD (Nesterov); random data of the plan's batch and patch; the
 first ``--warmup`` steps are not timed; min and median of ``--steps``. Inference: MONAI's sliding
 window (2D plans: slice by slice) with the bundle's settings (overlap 0.5, Gaussian) over one volume
-of the cohort's median resampled shape, eval mode, no grad; min and median of ``--repeats``. Devices:
+of the cohort's median resampled shape, eval mode, no grad; min and median of ``--repeats``; once as
+one pass and once with the configs' default test-time mirroring (``mirror_axes`` [0, 1]: 4 passes). Devices:
 cpu, plus cuda when available (``--devices``). The machine is shared: the fp32 GEMM rate and the load
 average are measured before and after in the same run; compare rows within one run, not across runs.
 """
@@ -127,13 +128,14 @@ def train_step_seconds(plan: dict, device: str, steps: int, warmup: int, seed: i
     return times
 
 
-def inference_seconds(plan: dict, device: str, repeats: int) -> list[float]:
-    """Wall seconds of sliding-window inference over one volume of ``plan["volume_shape"]``."""
+def inference_seconds(plan: dict, device: str, repeats: int, mirror_axes=()) -> list[float]:
+    """Wall seconds of sliding-window inference over one volume of ``plan["volume_shape"]``
+    (with ``mirror_axes``: the mean over those flips, as the bundle's configs infer by default)."""
     from lgesynth.seg.engine_utils import plan_inferer
     from lgesynth.seg.plan import build_dynunet
 
     net = build_dynunet(plan).to(device).eval()
-    inferer = plan_inferer(plan, overlap=0.5, mode="gaussian")
+    inferer = plan_inferer(plan, overlap=0.5, mode="gaussian", mirror_axes=mirror_axes)
     volume = torch.randn(1, 1, *plan["volume_shape"], device=device)
     times = []
     with torch.no_grad():
@@ -158,6 +160,7 @@ def machine() -> dict:
 def benchmark(plan: dict, name: str, device: str, steps: int, warmup: int, repeats: int) -> dict:
     train = train_step_seconds(plan, device, steps, warmup)
     infer = inference_seconds(plan, device, repeats)
+    mirrored = inference_seconds(plan, device, repeats, mirror_axes=(0, 1))
     net = plan["network"]
     return {"config": name, "device": device, "dims": net["spatial_dims"], "patch": plan["patch_size"],
             "batch": plan["batch_size"], "filters": f"{net['filters'][0]}..{net['filters'][-1]}",
@@ -168,19 +171,21 @@ def benchmark(plan: dict, name: str, device: str, steps: int, warmup: int, repea
             "volume_shape": plan["volume_shape"],
             "inference_seconds_per_volume_min": round(min(infer), 4),
             "inference_seconds_per_volume_median": round(statistics.median(infer), 4),
+            "inference_mirrored_seconds_per_volume_median": round(statistics.median(mirrored), 4),
             "steps": steps, "repeats": repeats}
 
 
 def print_table(rows: list[dict]) -> None:
     head = f"{'config':<8}{'device':<7}{'dims':>4} {'patch':<14}{'batch':>5} {'filters':<9}" \
-           f"{'s/it min':>9}{'s/it med':>9}{'it/s':>7}{'predicted':>10} {'volume':<14}{'infer s':>8}"
+           f"{'s/it min':>9}{'s/it med':>9}{'it/s':>7}{'predicted':>10} {'volume':<14}{'infer s':>8}{'mirrored s':>11}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['config']:<8}{r['device']:<7}{r['dims']:>4} {'x'.join(map(str, r['patch'])):<14}{r['batch']:>5} "
               f"{r['filters']:<9}{r['train_seconds_per_iteration_min']:>9.3f}{r['train_seconds_per_iteration_median']:>9.3f}"
               f"{r['train_iterations_per_second']:>7.2f}{r['predicted_seconds_per_iteration']:>10.3f} "
-              f"{'x'.join(map(str, r['volume_shape'])):<14}{r['inference_seconds_per_volume_median']:>8.3f}")
+              f"{'x'.join(map(str, r['volume_shape'])):<14}{r['inference_seconds_per_volume_median']:>8.3f}"
+              f"{r['inference_mirrored_seconds_per_volume_median']:>11.3f}")
 
 
 def main(argv=None) -> dict:
@@ -206,7 +211,8 @@ def main(argv=None) -> dict:
         for name, plan in chosen.items():
             rows.append(benchmark(plan, name, device, args.steps, args.warmup, args.repeats))
             print(f"  {name} on {device}: {rows[-1]['train_seconds_per_iteration_median']:.3f} s/iteration, "
-                  f"{rows[-1]['inference_seconds_per_volume_median']:.3f} s/volume", flush=True)
+                  f"{rows[-1]['inference_seconds_per_volume_median']:.3f} s/volume "
+                  f"({rows[-1]['inference_mirrored_seconds_per_volume_median']:.3f} mirrored)", flush=True)
     after = {k: v for k, v in machine().items() if k in ("load_average", "gemm_fp32_gflops")}
     print()
     print_table(rows)
