@@ -277,7 +277,6 @@ def test_mirrored_inference_averages_the_flipped_back_passes(dims):
         torch.testing.assert_close(mirrored(x, identity), single(x, identity))
 
 
-
 def _member(folder: Path, plan_path: Path, seed: int) -> torch.nn.Module:
     """A freshly initialised network of the plan, saved as a training's ``models/`` (model.pt, plan.json)."""
     from lgesynth.seg.plan import build_dynunet, load_plan
@@ -331,6 +330,7 @@ def test_inference_with_ensemble_dirs_uses_every_member(trained, tmp_path):
          ensemble_dirs=[str(tmp_path / "member")])
     (pred,) = out.glob("*_seg.nii.gz")
     assert not np.asarray(nib.load(str(pred)).dataobj).any()
+
 
 # Two ranks with batch B train the weights of one process with batch 2B (multi_gpu_train.yaml says how, by
 # design). What may differ is float summation order (the batch's sums split over two ranks, DDP's gradient

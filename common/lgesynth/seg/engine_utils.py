@@ -146,6 +146,16 @@ def structure_output(index: int):
     return select
 
 
+def mean_of(outputs) -> torch.Tensor:
+    """Mean of tensors made one at a time (a running sum: only the total and the newest are held), for
+    the passes of :class:`MirroredInferer` and the members of :class:`LogitMeanEnsemble`."""
+    total, count = None, 0
+    for y in outputs:
+        total = y if total is None else total + y
+        count += 1
+    return total / count
+
+
 class MirroredInferer(Inferer):
     """nnU-Net's test-time mirroring around another inferer.
 
@@ -164,13 +174,12 @@ class MirroredInferer(Inferer):
                           for axes in itertools.combinations(self.spatial_axes, k)]
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
-        total = None
-        for dims in self.flip_dims:
-            x = torch.flip(inputs, dims) if dims else inputs
-            y = self.inferer(x, network, *args, **kwargs)
-            y = torch.flip(y, dims) if dims else y
-            total = y if total is None else total + y
-        return total / len(self.flip_dims)
+        return mean_of(self._flipped_back(inputs, dims, network, *args, **kwargs) for dims in self.flip_dims)
+
+    def _flipped_back(self, inputs: torch.Tensor, dims: list[int], network, *args, **kwargs) -> torch.Tensor:
+        x = torch.flip(inputs, dims) if dims else inputs
+        y = self.inferer(x, network, *args, **kwargs)
+        return torch.flip(y, dims) if dims else y
 
 
 def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4,
@@ -201,11 +210,7 @@ class LogitMeanEnsemble(torch.nn.Module):
         self.members = torch.nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for member in self.members:
-            y = member(x)
-            total = y if total is None else total + y
-        return total / len(self.members)
+        return mean_of(member(x) for member in self.members)
 
 
 def _same_network(a: dict, b: dict) -> bool:
