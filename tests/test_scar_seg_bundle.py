@@ -140,6 +140,17 @@ def test_inference_output_is_on_the_input_grid(trained, tmp_path):
     assert (plain > 0).any()
 
 
+def _data_error(exc: BaseException) -> DataError:
+    """The DataError that a bundle run raised (MONAI wraps errors of config expressions in RuntimeError)."""
+    chain = []
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    data_errors = [e for e in chain if isinstance(e, DataError)]
+    assert data_errors, chain
+    return data_errors[0]
+
+
 def test_bad_label_fails_before_training_naming_the_file(tmp_path):
     datalist = write_tiny_datalist(tmp_path / "data", n_cases=3)
     bad = tmp_path / "data" / "labelsTr" / "p002.nii.gz"
@@ -150,13 +161,8 @@ def test_bad_label_fails_before_training_naming_the_file(tmp_path):
     with pytest.raises(Exception) as info:
         _run("train.yaml", datalist=str(datalist), output_dir=str(tmp_path / "out"), plan_path=str(tiny_plan(tmp_path / "plan.json")),
              num_workers=0)
-    chain, exc = [], info.value
-    while exc is not None:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    data_errors = [e for e in chain if isinstance(e, DataError)]
-    assert data_errors, chain
-    assert str(bad) in str(data_errors[0]) and "label values 5" in str(data_errors[0])
+    error = _data_error(info.value)
+    assert str(bad) in str(error) and "label values 5" in str(error)
     assert not (tmp_path / "out" / "models").exists()
 
 
@@ -330,6 +336,28 @@ def test_inference_with_ensemble_dirs_uses_every_member(trained, tmp_path):
          ensemble_dirs=[str(tmp_path / "member")])
     (pred,) = out.glob("*_seg.nii.gz")
     assert not np.asarray(nib.load(str(pred)).dataobj).any()
+
+
+def test_training_starts_from_pretrained_weights(trained, tmp_path):
+    """With the learning rate at 0 the exported model is exactly the weights training started from:
+    the `pretrained` model.pt, not a fresh initialisation; a file that is not one is refused by name."""
+    plan = json.loads(tiny_seg_plan(tmp_path / "plan.json", epochs=1, iterations_per_epoch=2).read_text())
+    plan["training"]["optimizer"]["lr"] = 0.0
+    frozen = write_plan(tmp_path / "frozen_plan.json", plan)
+    pretrained = trained["out"] / "models" / "model.pt"
+    common = dict(datalist=str(trained["datalist"]), plan_path=str(frozen), num_workers=0, val_fraction=0)
+    _run("train.yaml", output_dir=str(tmp_path / "ft"), pretrained=str(pretrained), **common)
+    _run("train.yaml", output_dir=str(tmp_path / "scratch"), **common)
+    start = torch.load(pretrained, weights_only=True)
+    tuned, scratch = (torch.load(tmp_path / run / "models" / "model.pt", weights_only=True) for run in ("ft", "scratch"))
+    assert set(tuned) == set(start)
+    for key in start:
+        torch.testing.assert_close(tuned[key], start[key], rtol=0, atol=0)
+    assert any(not torch.equal(scratch[key], start[key]) for key in start)
+    (tmp_path / "junk.pt").write_bytes(b"not weights")
+    with pytest.raises(Exception) as info:
+        _run("train.yaml", output_dir=str(tmp_path / "bad"), pretrained=str(tmp_path / "junk.pt"), **common)
+    assert f"{tmp_path / 'junk.pt'}: cannot read the weights" in str(_data_error(info.value))
 
 
 # Two ranks with batch B train the weights of one process with batch 2B (multi_gpu_train.yaml says how, by

@@ -218,6 +218,26 @@ def _same_network(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+def load_weights(network: torch.nn.Module, weights: str | Path | None) -> torch.nn.Module:
+    """``network`` with the state dict of ``weights`` loaded (a ``model.pt`` as ModelExporter writes it,
+    or a training checkpoint with a ``"model"`` entry); ``network`` unchanged when ``weights`` is None.
+
+    Raises:
+        DataError: naming ``weights`` when it is missing, unreadable, or made for another network.
+    """
+    if weights in (None, ""):
+        return network
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise DataError(weights, f"cannot read the weights ({exc})") from None
+    try:
+        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        raise DataError(weights, f"weights do not fit the plan's network ({str(exc).splitlines()[0]})") from None
+    return network
+
+
 def ensemble_network(network: torch.nn.Module, plan: dict, train_dirs=(), device=None) -> torch.nn.Module:
     """``network`` alone, or with the models of ``train_dirs`` a :class:`LogitMeanEnsemble`.
 
@@ -236,16 +256,7 @@ def ensemble_network(network: torch.nn.Module, plan: dict, train_dirs=(), device
         if not _same_network(member_plan, plan):
             raise DataError(models / "plan.json", "describes another network, patch or spacing than the ensemble's "
                             "first model; an ensemble needs trainings of one plan (train.yaml --plan_path)")
-        weights = models / "model.pt"
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise DataError(weights, f"cannot read the weights ({exc})") from None
-        member = build_dynunet(member_plan)
-        try:
-            member.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        except (RuntimeError, AttributeError) as exc:
-            raise DataError(weights, f"weights do not fit the plan's network ({str(exc).splitlines()[0]})") from None
+        member = load_weights(build_dynunet(member_plan), models / "model.pt")
         members.append(member.to(device) if device is not None else member)
     return network if len(members) == 1 else LogitMeanEnsemble(members)
 
@@ -290,7 +301,7 @@ class ResumeCheckpointLoader(CheckpointLoader):
     def __call__(self, engine) -> None:
         self.load_path = latest_checkpoint(self.folder)
         if not self.load_path:
-            self.logger.info(f"no checkpoint_epoch=N.pt in {self.folder}: training from scratch")
+            self.logger.info(f"no checkpoint_epoch=N.pt in {self.folder}: starting at epoch 0 (from the network as built: initialised, or `pretrained`)")
             return
         super().__call__(engine)
         self.logger.info(f"resumed at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
