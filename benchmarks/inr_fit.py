@@ -259,7 +259,8 @@ def _worker(args: dict, queue) -> None:
         res.update(_loop_method(t, c, spec, args["loop_cap"], device, args["points"], args["seed"]))
     elif method == "batched":
         cfg = FitConfig(lr=LOOP_LR, compute_dtype="float32", myo_fraction=0.0, points=args["points"],
-                        max_steps=args["max_steps"], batch_size=args["batch_size"], check_every=CHECK_EVERY)
+                        max_steps=args["max_steps"], batch_size=args["batch_size"], check_every=CHECK_EVERY,
+                        precheck_fraction=1.0)  # full-grid checks every 25 steps, as the loop
         res.update(_fit_method(t, c, spec, cfg, init_params(spec, 0)))
     else:
         cfg = replace(FitConfig(), max_steps=args["max_steps"], batch_size=args["batch_size"])

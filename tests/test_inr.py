@@ -121,6 +121,45 @@ def test_early_stopped_subjects_stop_changing():
     assert 2 in [s for active in seen for s in active]  # the queued third subject got a freed slot
 
 
+def test_full_grid_check_only_after_the_precheck_subset_meets_the_targets(monkeypatch):
+    """The cheap pre-check (a fixed quarter of the grid) filters the costly full-grid stop checks; the
+    stop itself is still decided on the full grid."""
+    targets, coords = _cohort(3), _coords()
+    cfg = FitConfig(max_steps=200, points=512, batch_size=2, lr=1e-3, check_every=5, target_psnr=22.0,
+                    target_dice_myo=0.7, target_dice_scar=0.5, gate_db=30.0, gate_dice=1.0)  # gate: always
+    calls, evaluate = [], BatchFitter.evaluate
+
+    def spy(self, positions=None, precheck=False):
+        m = evaluate(self, positions, precheck)
+        calls.append((precheck, [int(self.rows[p]) for p in positions], m, len(self.precheck_idx)))
+        return m
+
+    monkeypatch.setattr(BatchFitter, "evaluate", spy)
+    res = fit(targets, coords, init_params(TINY, 0), TINY, cfg)
+    grid = targets.shape[1]
+    assert all(n == round(0.25 * grid) for *_, n in calls)
+
+    def meets(m, j):
+        scar = float(m["dice_scar"][j])
+        return (float(m["psnr"][j]) >= 22.0 and float(m["dice_myo"][j]) >= 0.7 and (scar != scar or scar >= 0.5))
+
+    failed_prechecks = 0
+    for i, (pre, subjects, m, _) in enumerate(calls):
+        if pre:
+            failed_prechecks += sum(not meets(m, j) for j in range(len(subjects)))
+            continue
+        prev_pre, prev_subjects, prev_m, _ = calls[i - 1]
+        assert prev_pre and set(subjects) <= set(prev_subjects)
+        assert all(meets(prev_m, prev_subjects.index(s)) for s in subjects)  # only subjects that passed it
+    assert failed_prechecks > 0 and any(not pre for pre, *_ in calls)
+    for s in range(3):
+        if res.reached[s]:
+            assert res.psnr[s] >= 22.0 and res.dice_myo[s] >= 0.7  # the stop is the full grid's
+    calls.clear()
+    off = fit(targets, coords, init_params(TINY, 0), TINY, FitConfig(**{**cfg.to_dict(), "precheck_fraction": 1.0}))
+    assert calls and not any(pre for pre, *_ in calls) and sum(off.reached) == sum(res.reached)
+
+
 def test_a_subjects_fit_does_not_depend_on_its_batch_mates():
     """What makes a torchrun fit equal the one-process fit: subject 2, fitted after a refill beside
     subject 0 or 1, or alone, or first in another batch, draws the same points and ends the same."""

@@ -75,9 +75,13 @@ class FitConfig:
     # is not evaluated again for ``recheck_after`` steps
     gate_db: float = 0.5
     gate_dice: float = 0.02
-    recheck_after: int = 10
+    recheck_after: int = 5
+    # and a fixed random ``precheck_fraction`` of the grid (seeded; 1.0: off) must meet the targets before the
+    # full grid is evaluated: this skips most full-grid evaluations that would fail (measured: 10 instead of
+    # 32 for 8 subjects, the fit 1.2x faster; benchmarks/inr_fit.py and the bundle README)
+    precheck_fraction: float = 0.25
     compute_dtype: str = "auto"  # "float32", "bfloat16", or "auto": bf16 where the hardware has fast bf16 GEMMs
-    eval_chunk: int = 32768
+    eval_chunk: int = 4096  # points per full-grid evaluation chunk (render.forward_chunked: small chunks stay in cache)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -142,6 +146,10 @@ class BatchFitter:
         self.rows = torch.zeros(0, dtype=torch.long, device=dev)  # subject index of each active slot
         self.dout = torch.empty(self.slots, self.sampler.points, spec.out_features, device=dev)
         self.loss_w = LossWeights(config.loss_myo, config.loss_scar)
+        grid = targets.shape[1]
+        keep = max(1, int(round(config.precheck_fraction * grid)))
+        order = torch.randperm(grid, generator=torch.Generator().manual_seed(config.seed))
+        self.precheck_idx = order[:keep].sort().values.to(dev)  # the pre-check's grid points
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """``[w0 (slots, in, out), b0 (slots, out), ...]`` views of a flat ``(slots, num_params)`` buffer."""
@@ -209,26 +217,25 @@ class BatchFitter:
         p.addcdiv_(m, denom, value=-1.0)  # p -= lr_t * m / (sqrt(v_hat) + eps)
 
     @torch.no_grad()
-    def evaluate(self, positions: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """Full-grid fp32 metrics of active slots (all, or ``positions``)."""
+    def evaluate(self, positions: list[int] | None = None, precheck: bool = False) -> dict[str, torch.Tensor]:
+        """Full-grid fp32 metrics of active slots (all, or ``positions``); with ``precheck``, on the
+        pre-check's fixed subset of the grid only."""
         dev = self.rows.device
         pos = torch.arange(self.n, device=dev) if positions is None else torch.as_tensor(positions, dtype=torch.long, device=dev)
         params = [p[pos] for p in self.view(self.params)]
         coords = self.coords[self.rows[pos]] if self.coords.dim() == 3 else self.coords
+        targets = self.targets[self.rows[pos]]
+        if precheck:
+            coords, targets = coords[..., self.precheck_idx, :], targets[:, self.precheck_idx]
         pred = forward_chunked(params, coords, self.spec, self.cfg.eval_chunk)
-        return fit_metrics(pred, self.targets[self.rows[pos]])
+        return fit_metrics(pred, targets)
 
 
-def _gate(cfg: FitConfig, m: dict[str, torch.Tensor], i: int) -> bool:
+def _meets(cfg: FitConfig, m: dict[str, torch.Tensor], i: int, db: float = 0.0, dice: float = 0.0) -> bool:
+    """Subject ``i`` of metrics ``m`` is at its targets, or within ``db`` / ``dice`` of them."""
     scar = float(m["dice_scar"][i])
-    return (float(m["psnr"][i]) >= cfg.target_psnr - cfg.gate_db and float(m["dice_myo"][i]) >= cfg.target_dice_myo - cfg.gate_dice
-            and (scar != scar or scar >= cfg.target_dice_scar - cfg.gate_dice))
-
-
-def _meets(cfg: FitConfig, m: dict[str, torch.Tensor], i: int) -> bool:
-    scar = float(m["dice_scar"][i])
-    return (float(m["psnr"][i]) >= cfg.target_psnr and float(m["dice_myo"][i]) >= cfg.target_dice_myo
-            and (scar != scar or scar >= cfg.target_dice_scar))
+    return (float(m["psnr"][i]) >= cfg.target_psnr - db and float(m["dice_myo"][i]) >= cfg.target_dice_myo - dice
+            and (scar != scar or scar >= cfg.target_dice_scar - dice))
 
 
 def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], spec: SirenSpec = SirenSpec(),
@@ -287,7 +294,13 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
         if check:
             capped = [i for i in range(fitter.n) if t[i] >= cfg.max_steps]
             gated = [i for i in range(fitter.n) if due[i] and cfg.early_stop and i not in capped
-                     and int(t[i]) >= not_before[int(fitter.rows[i])] and _gate(cfg, batch_m, i)]
+                     and int(t[i]) >= not_before[int(fitter.rows[i])] and _meets(cfg, batch_m, i, cfg.gate_db, cfg.gate_dice)]
+            if gated and cfg.precheck_fraction < 1:
+                m = fitter.evaluate(gated, precheck=True)
+                near = [j for j in range(len(gated)) if _meets(cfg, m, j)]
+                for j in set(range(len(gated))) - set(near):
+                    not_before[int(fitter.rows[gated[j]])] = int(t[gated[j]]) + cfg.recheck_after
+                gated = [gated[j] for j in near]
             if gated:
                 m = fitter.evaluate(gated)
                 ok = [j for j in range(len(gated)) if _meets(cfg, m, j)]

@@ -11,13 +11,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lgesynth.inr.fastsin import sincos
 from lgesynth.inr.loss import decode
 from lgesynth.inr.siren import SirenSpec
 
 
 @torch.no_grad()
-def forward_chunked(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = 32768) -> torch.Tensor:
+def forward_chunked(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = 4096) -> torch.Tensor:
     """Raw outputs of a batch of SIRENs at shared coords.
+
+    Two ``(B, chunk, width)`` buffers are reused for every layer and chunk, and each sine layer is one GEMM
+    (``omega x W`` into the buffer) and one fused pass (``fastsin``: + ``omega b``, sine): about twice the
+    speed of allocating per layer, on a CPU; chunks of 2048-4096 points keep the buffers in cache.
 
     Args:
         params: stacked ``[w0 (B, in, out), b0 (B, out), ...]``.
@@ -26,15 +31,20 @@ def forward_chunked(params: list[torch.Tensor], coords: torch.Tensor, spec: Sire
         ``(B, points, out)`` fp32 (in ``params``' dtype/device).
     """
     B, P = params[0].shape[0], coords.shape[-2]
-    out = torch.empty(B, P, spec.out_features, dtype=params[0].dtype, device=params[0].device)
-    n_sine = len(spec.omegas)
+    like = params[0]
+    out = torch.empty(B, P, spec.out_features, dtype=like.dtype, device=like.device)
+    n = min(chunk, P)
+    act, pre = (torch.empty(B, n, spec.hidden_features, dtype=like.dtype, device=like.device) for _ in range(2))
+    biases = [params[2 * layer + 1].float().contiguous() for layer in range(len(spec.omegas))]
     for s in range(0, P, chunk):
-        c = coords[..., s: s + chunk, :].to(params[0])
-        h = c if c.dim() == 3 else c.unsqueeze(0).expand(B, -1, -1)
-        for layer in range(n_sine):
-            om = spec.omegas[layer]
-            h = torch.baddbmm(params[2 * layer + 1].unsqueeze(1), h, params[2 * layer], beta=om, alpha=om).sin_()
-        torch.baddbmm(params[-1].unsqueeze(1), h, params[-2], out=out[:, s: s + chunk])
+        c = coords[..., s: s + chunk, :].to(like)
+        k = c.shape[-2]
+        h, a, z = (c if c.dim() == 3 else c.unsqueeze(0).expand(B, -1, -1)), act[:, :k], pre[:, :k]
+        for layer, om in enumerate(spec.omegas):
+            torch.baddbmm(z, h, params[2 * layer], beta=0.0, alpha=om, out=z)
+            sincos(z, a, z, bias=biases[layer], scale=om)  # a = sin(om (h W + b)); z gets the cosine, unused
+            h = a
+        torch.baddbmm(params[-1].unsqueeze(1), h, params[-2], out=out[:, s: s + k])
     return out
 
 
@@ -50,7 +60,7 @@ def _as_batched(weights, spec: SirenSpec) -> tuple[list[torch.Tensor], bool]:
 
 
 @torch.no_grad()
-def render(weights, coords: torch.Tensor, spec: SirenSpec = SirenSpec(), chunk: int = 32768
+def render(weights, coords: torch.Tensor, spec: SirenSpec = SirenSpec(), chunk: int = 4096
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Intensity and mask probabilities of one or B INRs at ``coords (points, 3)`` (or ``(B, points, 3)``).
 
@@ -69,7 +79,7 @@ def render(weights, coords: torch.Tensor, spec: SirenSpec = SirenSpec(), chunk: 
 
 
 def render_volume(weights, coords: torch.Tensor, shape: tuple[int, int, int], spec: SirenSpec = SirenSpec(),
-                  chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+                  chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """One INR on a grid: ``(image (X, Y, Z) float32 in ~[-1, 1], label (X, Y, Z) uint8)``.
 
     ``coords`` must be the grid's points flattened in C order (``canonical_coords(shape, z_extent)``).

@@ -24,7 +24,7 @@ from lgesynth.inr2vec.encoder import Inr2VecEncoder
 
 
 @torch.no_grad()
-def targets_from_inr(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = 32768) -> torch.Tensor:
+def targets_from_inr(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = 4096) -> torch.Tensor:
     """Training targets rendered from the INRs: ``(subjects, points, 3)`` = (intensity, myocardium, scar).
 
     ``coords``: ``(points, 3)`` shared or ``(subjects, points, 3)``. Masks are the INR's decoded masks
