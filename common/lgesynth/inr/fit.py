@@ -279,6 +279,14 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
         fitter.remove(positions)
         return done
 
+    def passing(positions: list[int], m: dict[str, torch.Tensor]) -> list[int]:
+        """Indices into ``positions`` of the slots whose metrics ``m`` meet the targets; the others wait
+        ``recheck_after`` steps before their next check."""
+        ok = [j for j in range(len(positions)) if _meets(cfg, m, j)]
+        for j in set(range(len(positions))) - set(ok):
+            not_before[int(fitter.rows[positions[j]])] = int(fitter.t[positions[j]]) + cfg.recheck_after
+        return ok
+
     while fitter.n:
         t_next = fitter.t[: fitter.n] + 1
         check = bool(((t_next % cfg.check_every == 0) | (t_next >= cfg.max_steps)).any())
@@ -294,16 +302,10 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
             gated = [i for i in range(fitter.n) if due[i] and cfg.early_stop and i not in capped
                      and int(t[i]) >= not_before[int(fitter.rows[i])] and _meets(cfg, batch_m, i, cfg.gate_db, cfg.gate_dice)]
             if gated and cfg.precheck_fraction < 1:
-                m = fitter.evaluate(gated, precheck=True)
-                near = [j for j in range(len(gated)) if _meets(cfg, m, j)]
-                for j in set(range(len(gated))) - set(near):
-                    not_before[int(fitter.rows[gated[j]])] = int(t[gated[j]]) + cfg.recheck_after
-                gated = [gated[j] for j in near]
+                gated = [gated[j] for j in passing(gated, fitter.evaluate(gated, precheck=True))]
             if gated:
                 m = fitter.evaluate(gated)
-                ok = [j for j in range(len(gated)) if _meets(cfg, m, j)]
-                for j in set(range(len(gated))) - set(ok):
-                    not_before[int(fitter.rows[gated[j]])] = int(t[gated[j]]) + cfg.recheck_after
+                ok = passing(gated, m)
                 if ok:
                     finished += finish([gated[j] for j in ok], {k: v[ok] for k, v in m.items()}, True)
             capped = [i for i in range(fitter.n) if fitter.t[i] >= cfg.max_steps]
