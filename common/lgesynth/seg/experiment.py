@@ -14,10 +14,11 @@ validation hold-out and initialisation). Each model is evaluated with ``evaluate
 datalist's ``test`` section, after nnU-Net-style post-processing chosen on that arm's own validation
 cases (``--min_scar_ml auto``: scar specks under the chosen volume become myocardium,
 :func:`lgesynth.seg.postprocess.choose_min_scar_ml`; ``postprocess.json``); when the clean-up changes
-anything the test cases are also scored as predicted (``eval_raw/``, ``comparison.json["as_predicted"]``).
-Everything is tracked in one MLflow experiment (default ``sqlite:///DIR/mlruns.db``): training run
-``<condition>_seed<seed>``, evaluation run ``<condition>_seed<seed>_eval`` (``test_<metric>``, tag
-``min_scar_ml``; ``..._eval_raw`` as predicted), all tagged ``condition``, ``seed`` and ``stage``.
+anything the same network pass also scores the test cases as predicted (``eval_raw/``,
+``comparison.json["as_predicted"]``). Everything is tracked in one MLflow experiment (default
+``sqlite:///DIR/mlruns.db``): training run ``<condition>_seed<seed>``, evaluation run
+``<condition>_seed<seed>_eval`` (``test_<metric>`` after the clean-up, ``test_raw_<metric>`` as predicted,
+tag ``min_scar_ml``), all tagged ``condition``, ``seed`` and ``stage``.
 
 Statistics (:func:`compare`): per test case the Dice of each arm is averaged over seeds, then the
 arms are compared **paired over cases**: the mean difference (augmented - baseline), its 95 %
@@ -282,7 +283,7 @@ def _seeds(seeds) -> list[int]:
     return out
 
 
-def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, logging_file) -> dict:
+def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, logging_file, evaluate_overrides: dict) -> dict:
     """Write ``arm.folder/postprocess.json``: ``min_scar_ml`` fixed by the caller, or (``"auto"``) chosen
     on the arm's own validation cases (the hold-out its training config made: ``val_fraction`` and
     ``seed`` of ``config_train.json``) as nnU-Net chooses its post-processing: predict them
@@ -302,33 +303,38 @@ def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, logging_file) -> d
             datalist = write_json(folder / "val_datalist.json", {"training": [], "test": val})  # the hold-out as "test"
             _bundle_run("evaluate.yaml", logging_file, datalist=str(datalist), train_dir=str(arm.folder),
                         output_dir=str(folder), save_predictions=True, min_scar_ml=0.0, n_png=0,
-                        save_execute_config=str(folder / "config_evaluate.json"))
+                        save_execute_config=str(folder / "config_evaluate.json"), **evaluate_overrides)
             record = choose_min_scar_ml(val, folder / "predictions")
     write_json(arm.postprocess_json, record)
     logger.info("%s: min_scar_ml %.2f ml (%s)", arm.run_name, record["min_scar_ml"], record["rule"])
     return record
 
 
-def _evaluate(arm: Arm, real: Path, output: str, run_name: str, min_scar_ml: float, tracking: dict, logging_file) -> None:
-    """evaluate.yaml on the real test section into ``arm.folder/output``, replacing an older MLflow run."""
+def _evaluate(arm: Arm, real: Path, min_scar_ml: float, tracking: dict, logging_file, evaluate_overrides: dict) -> None:
+    """evaluate.yaml on the real test section into ``arm.folder/eval`` (and, when ``min_scar_ml`` > 0, the
+    same predictions as predicted into ``eval_raw``), replacing an older MLflow run ``<arm>_eval``."""
+    run_name = f"{arm.run_name}_eval"
     _delete_runs(tracking["tracking_uri"], tracking["experiment_name"], run_name)
+    raw = {"raw_output_dir": str(arm.raw_metrics_csv.parent)} if min_scar_ml > 0 else {}
     _bundle_run("evaluate.yaml", logging_file, datalist=str(real), train_dir=str(arm.folder),
-                output_dir=str(arm.folder / output), run_name=run_name, min_scar_ml=min_scar_ml,
-                save_execute_config=str(arm.folder / output / "config_evaluate.json"), **tracking)
+                output_dir=str(arm.metrics_csv.parent), run_name=run_name, min_scar_ml=min_scar_ml,
+                save_execute_config=str(arm.metrics_csv.parent / "config_evaluate.json"),
+                **raw, **evaluate_overrides, **tracking)
 
 
 def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: Path, epochs: int, overrides: dict,
-             tracking: dict, logging_file, min_scar_ml="auto") -> dict:
+             tracking: dict, logging_file, min_scar_ml="auto", evaluate_overrides: dict | None = None) -> dict:
     """Train (unless trained), choose the post-processing, evaluate (unless evaluated), tag the MLflow runs.
 
-    Test evaluations: ``eval/`` (run ``<arm>_eval``) with the chosen ``min_scar_ml``; when that is > 0
-    also ``eval_raw/`` (run ``<arm>_eval_raw``) as predicted.
+    Test evaluation: ``eval/`` (run ``<arm>_eval``) with the chosen ``min_scar_ml``; when that is > 0 the same
+    pass also writes ``eval_raw/`` (the predictions as predicted; ``test_raw_<metric>`` in the same run).
     """
     augmented = arm.condition == "augmented"
     tags = {"condition": arm.condition, "seed": arm.seed, "synthetic_ratio": synthetic_ratio if augmented else 0,
             "real_datalist": real, "synthetic_datalist": synthetic if augmented else "", "plan": plan_path,
             "experiment_dir": arm.folder.parent}
     t0, did = time.perf_counter(), []
+    evaluate_overrides = evaluate_overrides or {}
     if not arm.trained(epochs):
         logger.info("%s: training in %s", arm.run_name, arm.folder)
         data = {"synthetic_datalist": str(synthetic), "synthetic_ratio": synthetic_ratio} if augmented else {}
@@ -337,22 +343,17 @@ def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: 
                     **data, **overrides, **tracking)
         did.append("trained")
     if not arm.postprocess_chosen(min_scar_ml):
-        _choose_postprocessing(arm, real, min_scar_ml, logging_file)
+        _choose_postprocessing(arm, real, min_scar_ml, logging_file, evaluate_overrides)
         did.append("post-processing chosen")
     chosen = arm.min_scar_ml()
-    if not arm.evaluated():
+    if not arm.evaluated() or (chosen > 0 and not arm.evaluated(arm.raw_metrics_csv)):
         logger.info("%s: evaluating on the test section of %s (min_scar_ml %.2f)", arm.run_name, real, chosen)
-        _evaluate(arm, real, "eval", f"{arm.run_name}_eval", chosen, tracking, logging_file)
-        did.append("evaluated")
-    if chosen > 0 and not arm.evaluated(arm.raw_metrics_csv):
-        _evaluate(arm, real, "eval_raw", f"{arm.run_name}_eval_raw", 0.0, tracking, logging_file)
-        did.append("evaluated as predicted")
+        _evaluate(arm, real, chosen, tracking, logging_file, evaluate_overrides)
+        did += ["evaluated", "evaluated as predicted"] if chosen > 0 else ["evaluated"]
     uri, name = tracking["tracking_uri"], tracking["experiment_name"]
     _tag_runs(uri, name, arm.run_name, {**tags, "stage": "train"})
     _tag_runs(uri, name, f"{arm.run_name}_eval", {**tags, "stage": "evaluate", "train_run": arm.run_name,
                                                    "min_scar_ml": chosen})
-    _tag_runs(uri, name, f"{arm.run_name}_eval_raw", {**tags, "stage": "evaluate_as_predicted", "train_run": arm.run_name,
-                                                       "min_scar_ml": 0.0})
     done = {"did": did or ["skipped (done)"], "seconds": round(time.perf_counter() - t0, 1)}
     logger.info("%s: %s in %.1f s", arm.run_name, ", ".join(done["did"]), done["seconds"])
     return done
@@ -362,7 +363,8 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
                    budget_minutes: float | None = None, synthetic_ratio=0.5, tracking_uri: str | None = None,
                    experiment_name: str = "scar_seg_experiment", plan: str | Path | None = None,
                    num_workers: int | None = None, overrides: dict | None = None, logging_file=False,
-                   n_boot: int = N_BOOTSTRAP, calibrate: bool = True, min_scar_ml="auto") -> dict:
+                   n_boot: int = N_BOOTSTRAP, calibrate: bool = True, min_scar_ml="auto",
+                   evaluate_overrides: dict | None = None) -> dict:
     """Train, evaluate and compare both arms for every seed (module doc); returns the comparison.
 
     Args:
@@ -383,6 +385,8 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
             this machine (:func:`lgesynth.seg.data.ensure_plan`); only when the plan is made.
         min_scar_ml: the scar clean-up (:mod:`lgesynth.seg.postprocess`): ``"auto"`` chooses it per arm on
             the arm's validation cases, a number fixes it for both arms (0: none).
+        evaluate_overrides: evaluate.yaml keys for the validation and test predictions of both arms (e.g.
+            ``{"mirror_axes": []}``: one pass instead of nnU-Net's four mirrored ones).
     """
     from lgesynth.seg.data import ensure_plan
 
@@ -402,7 +406,7 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
     arms = [Arm(c, s, out / f"{c}_seed{s}") for s in seeds for c in CONDITIONS]
     with _explicit_tracking_uri():
         ran = {arm.run_name: _run_arm(arm, real, synthetic, synthetic_ratio, plan_path, epochs, overrides, tracking,
-                                      logging_file, min_scar_ml) for arm in arms}
+                                      logging_file, min_scar_ml, evaluate_overrides) for arm in arms}
 
     comparison = compare(arms, n_boot=n_boot)
     raw = compare(arms, n_boot=n_boot, as_predicted=True)
