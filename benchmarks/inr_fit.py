@@ -9,8 +9,8 @@ for subjects with scar), three ways:
   from the standard init, plain ``torch.optim.Adam`` (lr 1e-4), autograd, 16 384 uniform points per step,
   full-grid check every 25 steps.
 - ``batched``: the same maths (standard init, lr 1e-4, uniform points, fp32) with all subjects in one
-  batched model (``lgesynth.inr.fit`` with ``compute_dtype=float32``, ``myo_fraction=0``).
-- ``default``: ``FitConfig()`` defaults (8192 points per step, bf16 hidden GEMMs, tuned lr, myocardium over-sampling,
+  batched model (``lgesynth.inr.fit`` with ``compute_dtype=float32``, ``focus_fraction=0``).
+- ``default``: ``FitConfig()`` defaults (8192 points per step, a quarter of them on the mask edges, bf16 hidden GEMMs, tuned lr,
   early stop + slot refill) from a Reptile init meta-learned on *other* subjects of the cohort
   (its time is amortised over the whole cohort, as one init serves one bank).
 Each method runs in its own process (clean peak RSS); the fp32 (and bf16) GEMM rate of matching sizes
@@ -258,7 +258,7 @@ def _worker(args: dict, queue) -> None:
     if method == "loop":
         res.update(_loop_method(t, c, spec, args["loop_cap"], device, args["points"], args["seed"]))
     elif method == "batched":
-        cfg = FitConfig(lr=LOOP_LR, compute_dtype="float32", myo_fraction=0.0, points=args["points"],
+        cfg = FitConfig(lr=LOOP_LR, compute_dtype="float32", focus_fraction=0.0, points=args["points"],
                         max_steps=args["max_steps"], batch_size=args["batch_size"], check_every=CHECK_EVERY,
                         precheck_fraction=1.0)  # full-grid checks every 25 steps, as the loop
         res.update(_fit_method(t, c, spec, cfg, init_params(spec, 0)))

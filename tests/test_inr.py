@@ -179,6 +179,32 @@ def test_a_subjects_fit_does_not_depend_on_its_batch_mates():
     assert not torch.equal(shifted.params[0][0], together.params[0][2])
 
 
+def test_boundary_focus_draws_from_both_sides_of_every_mask_edge():
+    from lgesynth.inr.sampling import PointSampler, boundary_band, grid_shape
+
+    square = torch.zeros(1, 7, 7, 2, dtype=torch.bool)
+    square[0, 2:5, 2:5] = True  # a 3 x 3 square in both slices
+    band = boundary_band(square)
+    assert int(band[0, ..., 0].sum()) == 8 + 12  # its 8 edge voxels and the 12 outside voxels touching them
+    assert not band[0, 3, 3, 0] and band[0, 2, 2, 0] and band[0, 1, 3, 0] and not band[0, 1, 1, 0]  # centre, edge, side, corner
+    assert torch.equal(band[..., 0], band[..., 1])  # in-plane only
+    assert grid_shape(_coords()) == SHAPE and grid_shape(_coords().expand(2, -1, -1)) == SHAPE
+    with pytest.raises(ValueError, match="regular C-order grid"):
+        grid_shape(torch.rand(SHAPE[0] * SHAPE[1] * SHAPE[2], 3))
+    targets, coords = _cohort(2), _coords()
+    sampler = PointSampler(coords, targets, 400, focus_fraction=0.5, generator=torch.Generator().manual_seed(0),
+                           focus="boundary")
+    _, t = sampler.sample(torch.tensor([0, 1]))
+    vol = targets.view(2, *SHAPE, 3)
+    edges = (boundary_band(vol[..., 1] > 0.5) | boundary_band(vol[..., 2] > 0.5)).view(2, -1)
+    idx = sampler.idx_buf  # the drawn grid indices: the first 200 of each subject from its edge band
+    assert all(bool(edges[b, idx[b, :200]].all()) for b in range(2))
+    assert float(edges[0, idx[0, 200:]].float().mean()) < 0.6  # the rest uniform over the grid
+    assert 0 < float(t[..., 1].mean()) < 1  # the band straddles the myocardium: points inside and outside it
+    with pytest.raises(ValueError, match="focus must be"):
+        PointSampler(coords, targets, 400, focus="edges")
+
+
 def _bank(n=3, init=None, ids=None):
     params = [p + 0.01 * torch.randn_like(p) for p in stack_params(init_params(TINY, 0), n)]
     subjects = [{"id": i, "source": {"image": f"{i}.nii.gz"}, "canonical": {"crop_start": [1, 2, 0]},

@@ -4,7 +4,7 @@ Modules (one job each):
     siren      SirenSpec, SineLayer/Siren (single subject), SIREN init, SineFn (saves cos)
     batched    batched_forward (autograd) and Workspace (hand-written, preallocated fwd/bwd)
     loss       joint loss (MSE + BCE myocardium + scar-in-myocardium BCE), decode rule, PSNR/Dice
-    sampling   PointSampler: per-step point subsets with myocardium over-sampling
+    sampling   PointSampler: per-step point subsets, a share of them at the mask edges (or the myocardium)
     fit        fit(targets, coords, init, spec, config, callback) -> FitResult; BatchFitter
     meta_init  meta_learn_init (Reptile) -> shared init stored as inr_init.safetensors
     bank       InrBank, save_bank / load_bank / merge_banks, save_init / load_init
