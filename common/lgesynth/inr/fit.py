@@ -31,7 +31,7 @@ import torch
 
 from lgesynth.inr.batched import Workspace
 from lgesynth.inr.loss import LossWeights, fit_metrics, joint_loss_grad, psnr
-from lgesynth.inr.render import forward_chunked
+from lgesynth.inr.render import CHUNK, forward_chunked
 from lgesynth.inr.sampling import PointSampler, seed_of
 from lgesynth.inr.siren import SirenSpec
 
@@ -80,7 +80,7 @@ class FitConfig:
     precheck_fraction: float = 0.25
     recheck_after: int = 5
     compute_dtype: str = "auto"  # "float32", "bfloat16", or "auto": bf16 where the hardware has fast bf16 GEMMs
-    eval_chunk: int = 4096  # points per full-grid evaluation chunk (render.forward_chunked: small chunks stay in cache)
+    eval_chunk: int = CHUNK  # points per full-grid evaluation chunk (render.CHUNK: small chunks stay in cache)
     seed: int = 0
 
     def to_dict(self) -> dict:

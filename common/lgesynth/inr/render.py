@@ -15,9 +15,11 @@ from lgesynth.inr.fastsin import sincos
 from lgesynth.inr.loss import decode
 from lgesynth.inr.siren import SirenSpec
 
+CHUNK = 4096  # points per evaluation chunk: 2048-4096 keep forward_chunked's two buffers in cache on a CPU
+
 
 @torch.no_grad()
-def forward_chunked(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = 4096) -> torch.Tensor:
+def forward_chunked(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = CHUNK) -> torch.Tensor:
     """Raw outputs of a batch of SIRENs at shared coords.
 
     Two ``(B, chunk, width)`` buffers are reused for every layer and chunk, and each sine layer is one GEMM
@@ -60,7 +62,7 @@ def _as_batched(weights, spec: SirenSpec) -> tuple[list[torch.Tensor], bool]:
 
 
 @torch.no_grad()
-def render(weights, coords: torch.Tensor, spec: SirenSpec = SirenSpec(), chunk: int = 4096
+def render(weights, coords: torch.Tensor, spec: SirenSpec = SirenSpec(), chunk: int = CHUNK
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Intensity and mask probabilities of one or B INRs at ``coords (points, 3)`` (or ``(B, points, 3)``).
 
@@ -79,7 +81,7 @@ def render(weights, coords: torch.Tensor, spec: SirenSpec = SirenSpec(), chunk: 
 
 
 def render_volume(weights, coords: torch.Tensor, shape: tuple[int, int, int], spec: SirenSpec = SirenSpec(),
-                  chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                  chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """One INR on a grid: ``(image (X, Y, Z) float32 in ~[-1, 1], label (X, Y, Z) uint8)``.
 
     ``coords`` must be the grid's points flattened in C order (``canonical_coords(shape, z_extent)``).

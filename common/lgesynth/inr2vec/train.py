@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from lgesynth.inr.loss import LossWeights, decode, fit_metrics, joint_loss
-from lgesynth.inr.render import forward_chunked
+from lgesynth.inr.render import CHUNK, forward_chunked
 from lgesynth.inr.siren import SirenSpec
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
 
 
 @torch.no_grad()
-def targets_from_inr(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = 4096) -> torch.Tensor:
+def targets_from_inr(params: list[torch.Tensor], coords: torch.Tensor, spec: SirenSpec, chunk: int = CHUNK) -> torch.Tensor:
     """Training targets rendered from the INRs: ``(subjects, points, 3)`` = (intensity, myocardium, scar).
 
     ``coords``: ``(points, 3)`` shared or ``(subjects, points, 3)``. Masks are the INR's decoded masks
