@@ -205,6 +205,38 @@ def test_boundary_focus_draws_from_both_sides_of_every_mask_edge():
         PointSampler(coords, targets, 400, focus="edges")
 
 
+@pytest.mark.parametrize("focus", ["myocardium", "boundary"])
+def test_weighted_sampled_loss_is_an_unbiased_estimate_of_the_full_grid_loss(focus):
+    """The importance-weighted mean over drawn points has the full-grid loss as its expectation; the plain
+    mean of the same draws does not (it over-weights the focus: the bias that dilates decoded masks)."""
+    from lgesynth.inr.loss import LossWeights, joint_loss
+    from lgesynth.inr.sampling import PointSampler
+
+    targets, coords = _cohort(3), _coords()
+    pred = torch.randn(3, coords.shape[0], 3, generator=torch.Generator().manual_seed(1))
+    pred[..., 1] += 4 * (targets[..., 1] - 0.5)  # a fair but imperfect myocardium logit: loss differs by region
+    weights = LossWeights(myo=1.0, scar=1.0)
+    full = joint_loss(pred, targets, weights)  # (3,)
+    sampler = PointSampler(coords, targets, 256, focus_fraction=0.5, generator=torch.Generator().manual_seed(0), focus=focus)
+    rows = torch.arange(3)
+    flat_pred = pred.reshape(-1, 3)
+    weighted, plain = torch.zeros(3), torch.zeros(3)
+    draws = 400
+    for _ in range(draws):
+        _, t, w = sampler.sample(rows, with_weights=True)
+        p = flat_pred[(sampler.idx_buf[:3] + rows.unsqueeze(1) * coords.shape[0]).view(-1)].view(3, -1, 3)
+        weighted += joint_loss(p, t, weights, w) / draws
+        plain += joint_loss(p, t, weights) / draws
+    torch.testing.assert_close(weighted, full, rtol=0.03, atol=0)
+    assert float(((plain - full).abs() / full).min()) > 0.05  # the unweighted draw is visibly biased
+    uniform = PointSampler(coords, targets, 256, focus_fraction=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(uniform.sample(rows, with_weights=True)[2], torch.ones(3, 256))
+    no_focus = targets.clone()
+    no_focus[1, :, 1:] = 0  # a subject without myocardium draws uniformly: weight 1
+    _, _, w = PointSampler(coords, no_focus, 256, 0.5, torch.Generator().manual_seed(0), focus).sample(rows, with_weights=True)
+    assert torch.equal(w[1], torch.ones(256)) and not torch.equal(w[0], torch.ones(256))
+
+
 def _bank(n=3, init=None, ids=None):
     params = [p + 0.01 * torch.randn_like(p) for p in stack_params(init_params(TINY, 0), n)]
     subjects = [{"id": i, "source": {"image": f"{i}.nii.gz"}, "canonical": {"crop_start": [1, 2, 0]},

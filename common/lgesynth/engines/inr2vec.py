@@ -13,8 +13,12 @@ seeded fraction of ``training`` subjects is held out, stratified by scar / no sc
 
 Targets: ``"volume"`` (default, the data): the canonical volume and label of every subject, re-made
 from the source files the bank records with the bank's grid; ``"inr"``: rendered from the INR itself
-(``targets_from_inr``, as in inr2vec). Points are drawn per subject with ``inr.sampling.PointSampler``
-(a ``myo_fraction`` of them from the myocardium, so thin scar is seen).
+(``targets_from_inr``, as in inr2vec). Points are drawn per subject with ``inr.sampling.PointSampler``:
+a ``focus_fraction`` of them from the ``focus`` (the two-sided band of every myocardium and scar edge,
+or the myocardium), so thin scar is seen often, and with ``importance_weights`` each point's loss is
+weighted by ``1 / (N q)`` so that the step's loss is an unbiased estimate of the full-grid loss. Without
+the weights the over-sampled class wins the decoder's mask threshold: a myocardium focus of 0.25
+dilated the decoded myocardium of the training subjects by a median 15 % on real data.
 
 Batches are a function of the iteration number only (generators seeded by ``seed, iteration, rank``),
 so a resumed run draws what the uninterrupted run would have drawn. Under torch.distributed every
@@ -185,7 +189,9 @@ class Inr2VecTrainer(Engine):
         steps: total iterations; ``max_epochs = ceil(steps / epoch_length)``.
         epoch_length: iterations per epoch (the unit of checkpoints, validation and MLflow epochs).
         subjects_per_batch: global batch of subjects per iteration (split over ranks).
-        points: grid points per subject per iteration; ``myo_fraction`` of them in the myocardium.
+        points: grid points per subject per iteration; ``focus_fraction`` of them from the ``focus``
+            (``"boundary"``: both sides of every mask edge, or ``"myocardium"``).
+        importance_weights: weight each point by ``1 / (N q)`` (unbiased full-grid loss; module doc).
         permute_prob, noise: weight-space augmentation (``augment_params``).
         bf16: bfloat16 autocast for the GEMMs (fp32 weights and loss); ``"auto"``: where the CPU (AVX512-BF16 /
             AMX) or GPU has fast bf16 (without them bf16 is emulated: decoding measured 7x slower than fp32).
@@ -196,8 +202,8 @@ class Inr2VecTrainer(Engine):
     """
 
     def __init__(self, data: Inr2VecData, model, optimizer: torch.optim.Optimizer, output_dir: str, steps: int = 2000,
-                 epoch_length: int = 50, subjects_per_batch: int = 16, points: int = 4096, myo_fraction: float = 0.25,
-                 permute_prob: float = 0.0, noise: float = 0.0, bf16: bool | str = "auto", grad_clip: float | None = 1.0,
+                 epoch_length: int = 50, subjects_per_batch: int = 16, points: int = 4096, focus_fraction: float = 0.25,
+                 focus: str = "boundary", importance_weights: bool = True, permute_prob: float = 0.0, noise: float = 0.0, bf16: bool | str = "auto", grad_clip: float | None = 1.0,
                  seed: int = 0, train_handlers=(), shard: tuple[int, int] | None = None, config: dict | None = None):
         super().__init__(self._process)
         self.data, self.model, self.optimizer = data, model, optimizer
@@ -210,7 +216,8 @@ class Inr2VecTrainer(Engine):
         self.seed = int(seed)
         self.rank, self.world = shard or shard_of_rank()
         self.config = dict(config or {})
-        self.sampler = PointSampler(data.coords, data.targets["train"], self.points, myo_fraction)
+        self.sampler = PointSampler(data.coords, data.targets["train"], self.points, focus_fraction, focus=focus)
+        self.focus, self.focus_fraction, self.importance_weights = focus, float(focus_fraction), bool(importance_weights)
         for handler in train_handlers or ():
             handler.attach(self)
         self.add_event_handler(Events.STARTED, self._write_record)
@@ -225,7 +232,8 @@ class Inr2VecTrainer(Engine):
         return {"bank_dir": self.data.bank_dir, "targets": self.data.kind, "grid": self.data.grid.to_dict(),
                 "z_extent": self.data.z_extent, "subjects": {k: len(v) for k, v in self.data.split.items()},
                 **architecture(net.encoder, net.decoder), "steps": self.steps, "epoch_length": self.epoch_length,
-                "subjects_per_batch": self.subjects_per_batch, "points": self.points, "permute_prob": self.permute_prob,
+                "subjects_per_batch": self.subjects_per_batch, "points": self.points, "focus": self.focus,
+                "focus_fraction": self.focus_fraction, "importance_weights": self.importance_weights, "permute_prob": self.permute_prob,
                 "noise": self.noise, "bf16": self.bf16, "grad_clip": self.grad_clip, "world_size": self.world,
                 "bank_init": self.data.bank.init, **self.config}
 
@@ -254,8 +262,10 @@ class Inr2VecTrainer(Engine):
         it = engine.state.iteration
         rows = self.batch_rows(it)
         self.sampler.generator = torch.Generator().manual_seed(seed_of(self.seed, it, self.rank, 1))
-        coords, targets = self.sampler.sample(rows.to(self.data.device))
+        coords, targets, weights = self.sampler.sample(rows.to(self.data.device), with_weights=True)
         batch = {"params": [p[rows] for p in self.data.params["train"]], "coords": coords, "targets": targets}
+        if self.importance_weights:
+            batch["weights"] = weights
         augment = None
         if self.permute_prob > 0 or self.noise > 0:
             g = torch.Generator().manual_seed(seed_of(self.seed, it, self.rank, 2))

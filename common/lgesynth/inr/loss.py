@@ -25,12 +25,19 @@ class LossWeights:
     scar: float = 0.1
 
 
-def joint_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights()) -> torch.Tensor:
-    """Eq. (1) with autograd. ``pred, target: (..., points, 3)`` -> loss ``(...)`` per subject."""
-    mse = (pred[..., 0] - target[..., 0]).square().mean(-1)
-    bce_m = F.binary_cross_entropy_with_logits(pred[..., 1], target[..., 1], reduction="none").mean(-1)
-    bce_s = (target[..., 1] * F.binary_cross_entropy_with_logits(pred[..., 2], target[..., 2], reduction="none")).mean(-1)
-    return mse + w.myo * bce_m + w.scar * bce_s
+def joint_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights(),
+               point_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (1) with autograd. ``pred, target: (..., points, 3)`` -> loss ``(...)`` per subject.
+
+    ``point_weights (..., points)``: each point's share of the mean (e.g. ``PointSampler``'s importance
+    weights, which make the sampled loss an unbiased estimate of the full-grid loss); None: all 1.
+    """
+    per_point = ((pred[..., 0] - target[..., 0]).square()
+                 + w.myo * F.binary_cross_entropy_with_logits(pred[..., 1], target[..., 1], reduction="none")
+                 + w.scar * target[..., 1] * F.binary_cross_entropy_with_logits(pred[..., 2], target[..., 2], reduction="none"))
+    if point_weights is not None:
+        per_point = per_point * point_weights
+    return per_point.mean(-1)
 
 
 @torch.no_grad()

@@ -12,6 +12,17 @@ writes into preallocated buffers. The focus (``focus=``):
   the fit needed 305-310 subject-steps to target instead of 470 (inr_fit README, session 11). Needs
   ``coords`` on a regular C-order grid (``canonical_coords``), whose shape it reads off the coordinates.
 
+**Importance weights** (``sample(..., with_weights=True)``): the draw over-represents the focus, so a
+plain mean over the drawn points is a biased estimate of the full-grid loss (it over-weights
+the myocardium, which moves a learned mask threshold outwards: decoded masks dilated). Each drawn point
+``i`` of a subject with ``|F|`` focus voxels out of ``N`` carries
+
+    w_i = 1 / (N q_i),   q_i = (1 - f) / N + f [i in F] / |F|,   f = focus points / points
+
+(the mixture density of the draw), so ``mean_j w_j l_j`` has the full-grid mean ``(1/N) sum_i l_i`` as its
+expectation for every per-point loss ``l``: the focus buys lower variance where the masks are decided,
+not a different optimum.
+
 Where the random numbers come from: one ``generator`` for the whole batch (inr2vec: seeded per
 iteration), or one generator per row (``sample(rows, generators)``; the INR fit: seeded per subject by
 ``seed_of(seed, subject)``), so that a subject's points do not depend on which subjects share its batch.
@@ -78,6 +89,8 @@ class PointSampler:
         focus_fraction: share of the points drawn from the focus voxels.
         generator: torch generator for reproducible draws, shared by the batch (see ``sample``).
         focus: ``"myocardium"`` or ``"boundary"`` (module doc).
+
+    Attributes: ``focus (subjects, grid_points)`` bool, ``focus_counts (subjects,)``.
     """
 
     def __init__(self, coords: torch.Tensor, targets: torch.Tensor, points: int | None, focus_fraction: float = 0.25,
@@ -91,7 +104,7 @@ class PointSampler:
         self.n_focus_pts = 0 if self.full else int(round(self.points * focus_fraction))
         # per-subject focus voxel indices, padded; a subject without myocardium keeps uniform points
         where = focus_mask(coords, targets, focus) if self.n_focus_pts else targets[..., 1] > 0.5
-        self.focus_counts = where.sum(1)
+        self.focus, self.focus_counts = where, where.sum(1)
         self.has_focus = self.focus_counts > 0
         width = max(int(self.focus_counts.max()), 1)
         dev = targets.device
@@ -104,15 +117,17 @@ class PointSampler:
         self.coords_buf = torch.empty(B, self.points, 3, device=dev)
         self.target_buf = torch.empty(B, self.points, targets.shape[-1], device=dev)
 
-    def sample(self, rows: torch.Tensor, generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coordinates ``(b, points, 3)`` and targets ``(b, points, 3)`` for subjects ``rows`` (b,).
+    def sample(self, rows: torch.Tensor, generators: list[torch.Generator] | None = None, with_weights: bool = False):
+        """Coordinates ``(b, points, 3)`` and targets ``(b, points, 3)`` for subjects ``rows`` (b,), and with
+        ``with_weights`` the importance weights ``(b, points)`` (module doc) as a third item.
 
         ``generators``: one per row, each drawing that row's points (default: ``self.generator`` for all).
         """
         b = len(rows)
         if self.full:
             c = self.coords[rows] if self.coords.dim() == 3 else self.coords.unsqueeze(0).expand(b, -1, -1)
-            return c, self.targets[rows]
+            ones = torch.ones(b, self.points, device=self.targets.device)
+            return (c, self.targets[rows], ones) if with_weights else (c, self.targets[rows])
         n_grid = self.coords.shape[-2]
         dev = self.targets.device
         k = self.n_focus_pts
@@ -137,4 +152,13 @@ class PointSampler:
         else:
             torch.index_select(self.coords, 0, idx.view(-1), out=c.view(-1, 3))
         torch.index_select(self.targets.view(-1, self.targets.shape[-1]), 0, flat, out=t.view(-1, t.shape[-1]))
-        return c, t
+        return (c, t, self.importance_weights(rows, idx)) if with_weights else (c, t)
+
+    def importance_weights(self, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``(b, points)`` weights ``1 / (N q_i)`` of the drawn grid indices ``idx (b, points)`` (module doc);
+        all ones for a subject without focus voxels (its points are uniform)."""
+        n_grid, f = self.coords.shape[-2], self.n_focus_pts / self.points
+        counts = self.focus_counts[rows].to(torch.float32).clamp_min(1).unsqueeze(1)
+        in_focus = torch.gather(self.focus[rows], 1, idx)
+        w = 1.0 / ((1.0 - f) + in_focus * (f * n_grid / counts))
+        return torch.where(self.has_focus[rows].unsqueeze(1), w, torch.ones_like(w))

@@ -3,10 +3,12 @@
     z_s = E(theta_s)                       latent of subject s from its INR weights
     L   = mean_s L_joint(D(x_s, z_s), t_s)  eq. (1) of inr/loss.py at sampled points x_s
 
-Targets ``t_s`` come either from the canonical volumes (``PointSampler`` over the grid, myocardium
-over-sampled), or from the INR itself (``targets_from_inr``: the INR is the data, as in inr2vec;
+Targets ``t_s`` come either from the canonical volumes (``PointSampler`` over the grid, mask edges
+over-sampled and importance-weighted so the sampled loss stays an unbiased estimate of the full-grid
+loss), or from the INR itself (``targets_from_inr``: the INR is the data, as in inr2vec;
 its decoded masks are the mask targets). A batch is a dict (what ignite passes around):
-``{"params": [w0 (S, in, out), b0 (S, out), ...], "coords": (S, P, 3), "targets": (S, P, 3)}``;
+``{"params": [w0 (S, in, out), b0 (S, out), ...], "coords": (S, P, 3), "targets": (S, P, 3)}`` and
+optionally ``"weights": (S, P)`` (each point's share of the mean, ``joint_loss``'s ``point_weights``);
 without ``"targets"`` the step renders them from ``params`` (before any weight augmentation).
 """
 
@@ -90,7 +92,7 @@ def train_step(model: Inr2VecModel, optimizer: torch.optim.Optimizer, batch: Map
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(coords.device.type, dtype=torch.bfloat16, enabled=bf16):
         pred = model(params, coords)
-    loss = joint_loss(pred.float(), targets, model.loss_weights).mean()
+    loss = joint_loss(pred.float(), targets, model.loss_weights, batch.get("weights")).mean()
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
     optimizer.step()
