@@ -80,3 +80,13 @@ def test_compare_lists_every_stage_run_and_report_is_self_contained(tiny_run):
     page = write_report(out).read_text()
     assert "INR fit quality" in page and "Round trip" in page
     assert "data:image/png;base64," in page  # images inlined, nothing linked
+
+
+def test_stages_come_as_the_cli_hands_them_and_unknown_ones_are_named(tmp_path):
+    """``--stages data,inr_fit`` reaches ``run_pipeline`` as a tuple (fire), ``--stages data`` as a string."""
+    from lgesynth.pipeline import run_pipeline
+
+    for stages in (("data", "inr_fitt"), "data,inr_fitt", "inr_fitt"):
+        with pytest.raises(ValueError, match=r"unknown stage\(s\) \['inr_fitt'\]"):
+            run_pipeline(str(tmp_path / "out"), "smoke", stages=stages)
+    assert not (tmp_path / "out").exists()

@@ -196,7 +196,13 @@ class Pipeline:
 
 
 def run_pipeline(out: str, preset: str = "smoke", data: str | None = None, tracking_uri: str | None = None,
-                 experiment_name: str | None = None, stages: str | None = None) -> dict:
-    """CLI entry: see ``Pipeline``; ``stages`` is a comma-separated subset of ``STAGES``."""
-    chosen = tuple(s.strip() for s in stages.split(",")) if stages else None
+                 experiment_name: str | None = None, stages: str | tuple[str, ...] | None = None) -> dict:
+    """CLI entry: see ``Pipeline``; ``stages`` is a comma-separated subset of ``STAGES`` (fire hands
+    ``--stages data,inr_fit`` over as a tuple, a single name as a string)."""
+    if isinstance(stages, str):
+        stages = stages.split(",")
+    chosen = tuple(str(s).strip() for s in stages) if stages else None
+    unknown = [s for s in chosen or () if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     return Pipeline(out, preset, data, tracking_uri, experiment_name, stages=chosen).run()
