@@ -440,3 +440,84 @@ def test_validation_keeps_the_lowest_loss_as_best(tmp_path):
     best = min(range(3), key=losses.__getitem__)
     assert best > 0 and len({round(x, 4) for x in losses}) == 3, losses
     assert validator.state.best_metric == pytest.approx(losses[best]) and validator.state.best_metric_epoch == best + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Scale: log canonical voxel size modelled after the latent
+
+def _latents_with_spacing(folder, n: int = 12, dim: int = 4, spacing: bool = True, validation: int = 0):
+    """``n`` training (+ ``validation``) toy latents; subjects alternate between two voxel sizes."""
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    subjects = []
+    for i in range(n + validation):
+        s = {"id": f"t{i:02d}", "section": "training" if i < n else "validation"}
+        if spacing:
+            s["canonical_spacing_mm"] = [1.5, 1.5, 6.0] if i % 2 else [2.5, 2.0, 9.0]
+        subjects.append(s)
+    save_latents(folder, Latents(torch.randn(n + validation, dim, generator=gen(0)), subjects))
+    return folder
+
+
+def test_edm_data_appends_log_voxel_size_to_the_latent(tmp_path):
+    from lgesynth.engines.edm import EdmData
+
+    data = EdmData(str(_latents_with_spacing(tmp_path, validation=2)))
+    assert data.scale_dims == 3 and data.dim == 4 + 3 and data.latent_dim == 4 and data.w.shape == (12, 4)
+    log_size = torch.log(torch.tensor([[2.5, 2.0, 9.0], [1.5, 1.5, 6.0]])).repeat(6, 1)
+    assert torch.allclose(data.x[:, 4:], log_size) and torch.equal(data.x[:, :4], data.w)
+    assert data.standardizer.dim == 7 and torch.allclose(data.z.mean(0), torch.zeros(7), atol=1e-5)
+    assert torch.allclose(data.z.std(0), torch.ones(7), atol=1e-4)  # per dimension, scale dims included
+    assert data.z_val.shape == (2, 7)
+    off = EdmData(str(tmp_path), scale=False)
+    assert off.scale_dims == 0 and off.dim == 4 and off.spacing_mm is not None  # spacing kept for the reference stats
+
+
+def test_latents_without_spacing_still_train_and_scale_true_refuses_them(tmp_path):
+    from lgesynth.engines.edm import EdmData, EdmTrainer
+
+    _latents_with_spacing(tmp_path, spacing=False)
+    data = EdmData(str(tmp_path))  # scale: auto
+    assert data.scale_dims == 0 and data.dim == 4 and data.spacing_mm is None
+    net = EDMPrecond(LatentDenoiser(dim=data.dim, hidden=16, blocks=1, emb_dim=8, noise_channels=8), data.sigma_data)
+    trainer = EdmTrainer(data, net, EMA(net, decay=0.9), torch.optim.Adam(net.parameters(), lr=1e-3),
+                         EDMLoss(sigma_data=data.sigma_data), steps=3, epoch_length=3, batch_size=4)
+    trainer.run_all()
+    assert trainer.state.iteration == 3
+    with pytest.raises(DataError, match="scale: true needs canonical_spacing_mm") as err:
+        EdmData(str(tmp_path), scale=True)
+    assert str(tmp_path / "latents.json") in str(err.value)
+    with pytest.raises(ValueError, match="scale must be auto, true or false"):
+        EdmData(str(tmp_path), scale="sometimes")
+
+
+def test_a_bad_voxel_size_is_refused_naming_the_file(tmp_path):
+    from lgesynth.engines.edm import EdmData
+    from lgesynth.inr2vec.latents import load_latents, save_latents
+
+    lat = load_latents(_latents_with_spacing(tmp_path))
+    lat.subjects[3]["canonical_spacing_mm"] = [1.5, -1.0, 6.0]
+    save_latents(tmp_path, lat)
+    with pytest.raises(DataError, match="t03.*canonical_spacing_mm must be three positive numbers") as err:
+        EdmData(str(tmp_path))
+    assert str(tmp_path / "latents.json") in str(err.value)
+
+
+def test_standardizer_head_keeps_the_first_dims():
+    std = LatentStandardizer.fit(torch.randn(10, 5, generator=gen(2)) * 3 + 1)
+    head = std.head(3)
+    w = torch.randn(4, 3, generator=gen(3))
+    assert head.dim == 3 and torch.allclose(head.standardize(w), std.standardize(torch.cat([w, torch.zeros(4, 2)], 1))[:, :3])
+    with pytest.raises(ValueError, match="k must be in 1..5"):
+        std.head(6)
+
+
+def test_identical_latents_are_refused_naming_the_file(tmp_path):
+    """A collapsed encoder (every latent the same) would train an EDM on sigma_data 0 (NaN losses)."""
+    from lgesynth.engines.edm import EdmData
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    same = torch.ones(4, 8)
+    save_latents(tmp_path, Latents(same, [{"id": f"s{i}", "section": "training"} for i in range(4)], None, {}))
+    with pytest.raises(DataError, match=r"latents.json.*all the same"):
+        EdmData(str(tmp_path / "latents.json"))

@@ -5,8 +5,11 @@ SIRENs of 32 x 2 (60 steps) -> a tiny inr2vec (30 steps) -> ``encode`` -> a tiny
 40 iterations (tracked in MLflow), then the same run again for all 40 (it resumes). Quality does not
 matter here; the files, their keys, determinism and self-containment do. Inference runs from a copy of
 the bundle folder alone, as a user would run it. The conditioning test uses a toy latent set where
-the burden is written into one latent coordinate, in latent space (no decoder). The torchrun (gloo)
-run is ``slow``.
+the burden is written into one latent coordinate, in latent space (no decoder). The scale tests use a
+toy generator (``scaled``): 48 subjects of 8-d latents in two clusters, one cluster at each of two voxel
+sizes, decoded by a tiny 8-d inr2vec decoder whose myocardium logit is set to +10 everywhere, so every
+decoded volume is all myocardium and its myocardial volume is its physical box volume. The torchrun
+(gloo) run is ``slow``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EDM_CONFIGS, GRID, TINY_EDM, run_bundle as _run
+from conftest import EDM_CONFIGS, GRID, INR2VEC_CONFIGS, TINY_EDM, run_bundle as _run, torch_threads
 from lgesynth.data.validate import check_datalist
 from lgesynth.errors import DataError
-from lgesynth.synth.report import CohortStats, plausibility_problems, quality_report
+from lgesynth.synth.features import plausibility_problems
+from lgesynth.synth.report import CohortStats, quality_report
 
 CONFIGS = EDM_CONFIGS
 REPORT_KEYS = {"plausible_fraction", "copies_flagged", "features", "diversity", "memorisation", "num_samples", "rejected"}
@@ -55,6 +59,8 @@ def test_training_resumes_and_exports_a_self_contained_generator(trained):
     record = json.loads((models / "generator.json").read_text())
     assert record["grid"]["shape"] == list(GRID) and record["condition"] == "none" and record["sigma_data"] > 0
     assert np.asarray(record["reference_affine"]).shape == (4, 4)
+    assert record["scale_dims"] == 3 and record["denoiser"]["dim"] == 512 + 3  # latents.json records the spacings
+    assert record["source_slice_spacing_mm"] == 8.0 and record["latents"]["dim"] == 512  # conftest stacks: 8 mm slices
     assert record["latents"]["ids"] == [f"p{i:03d}" for i in range(1, 7)]  # the training section only: p007 is test
     from safetensors.torch import load_file
 
@@ -117,8 +123,10 @@ def test_inference_writes_a_cohort_from_the_bundle_alone(cohort):
     assert check_datalist(cohort / "datalist.json") == []
     import nibabel as nib
 
-    img = nib.load(str(cohort / doc["training"][0]["image"]))
-    assert img.shape == GRID
+    entry = doc["training"][0]
+    img = nib.load(str(cohort / entry["image"]))
+    extent_z = entry["canonical_spacing_mm"][2] * GRID[2]  # slices at the source's 8 mm over the sample's z extent
+    assert img.shape == (*GRID[:2], round(extent_z / 8.0)) and np.allclose(img.header.get_zooms(), entry["spacing_mm"])
     assert (cohort / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (cohort / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((cohort / "report.json").read_text())
@@ -162,6 +170,171 @@ def test_evaluate_reports_a_cohort_and_logs_the_figures(trained, cohort, tmp_pat
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1 and "plausible_fraction" in runs[0].data.metrics
     assert {"report.png", "report.json"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+# ------------------------------------------------------------------------------------------ scale: each sample its own size
+SIZE_A, SIZE_B = np.array([1.5, 1.5, 6.0]), np.array([2.4, 2.4, 9.0])
+SOURCE_SLICE_MM = 10.0
+
+
+@pytest.fixture(scope="module")
+def scaled(upstream):
+    """The toy generator of the module doc: ``models`` (exported), ``spacing`` (48, 3) of its subjects."""
+    from lgesynth.edm import EMA, EDMLoss, EDMPrecond, LatentDenoiser
+    from lgesynth.engines.edm import EdmData, EdmTrainer, GeneratorExporter
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    root = upstream["root"] / "scaled"
+    threads = torch_threads(1)
+    threads.__enter__()
+    _run(INR2VEC_CONFIGS, "train.yaml", bank_dir=str(upstream["root"] / "bank"), output_dir=str(root / "inr2vec"),
+         steps=4, epoch_length=2, val_fraction=0.0, latent_dim=8, encoder_args={"width": 16, "depth": 1, "pool": "maxmean"},
+         decoder_args={"kind": "fourier", "hidden": 16, "layers": 2, "num_freqs": 2}, subjects_per_batch=4, points=256,
+         lr=0.01, warmup_steps=1, num_threads=1, log_every=100)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0.0, 1.0, (2, 8))
+    n = 48
+    w = np.stack([centres[i % 2] + rng.normal(0.0, 0.1, 8) for i in range(n)])
+    spacing = np.stack([(SIZE_B if i % 2 else SIZE_A) * (1 + rng.normal(0.0, 0.02, 3)) for i in range(n)])
+    subjects = [{"id": f"t{i:02d}", "section": "training", "canonical_spacing_mm": spacing[i].tolist(),
+                 "source_spacing_mm": [1.2, 1.2, SOURCE_SLICE_MM + (i % 3 - 1)]} for i in range(n)]
+    save_latents(root / "latents", Latents(torch.tensor(w, dtype=torch.float32), subjects))
+    data = EdmData(str(root / "latents"))
+    torch.manual_seed(0)
+    net = EDMPrecond(LatentDenoiser(dim=data.dim, hidden=64, blocks=2, emb_dim=32, noise_channels=16), data.sigma_data)
+    ema = EMA(net, halflife_kimg=0.5, batch_size=32)
+    EdmTrainer(data, net, ema, torch.optim.Adam(net.parameters(), lr=3e-3), EDMLoss(sigma_data=data.sigma_data),
+               steps=400, epoch_length=100, batch_size=32).run_all()
+    exporter = GeneratorExporter(str(root / "models"), data, ema, str(root / "inr2vec"), sampler={"num_steps": 16})
+    head = exporter.inr2vec.decoder.head
+    with torch.no_grad():  # myocardium everywhere, no scar
+        head.weight[1:] = 0.0
+        head.bias[1], head.bias[2] = 10.0, -10.0
+    exporter.export(0)
+    threads.__exit__(None, None, None)
+    return {"root": root, "models": root / "models", "spacing": spacing, "data": data}
+
+
+def _near_a_training_size(spacing_mm: np.ndarray, tol: float = 0.2) -> np.ndarray:
+    """Which voxel sizes (n, 3) lie within ``tol`` (relative, every axis) of SIZE_A (1), SIZE_B (2) or neither (0)."""
+    near_a = np.abs(spacing_mm / SIZE_A - 1).max(1) < tol
+    near_b = np.abs(spacing_mm / SIZE_B - 1).max(1) < tol
+    return np.where(near_a, 1, np.where(near_b, 2, 0))
+
+
+def _synthesize(models: Path, out: Path, **kwargs) -> tuple[list[dict], dict]:
+    from lgesynth.synth import CohortSynthesizer
+
+    CohortSynthesizer(str(models), str(out), num_samples=kwargs.pop("num_samples", 16), progress=False, **kwargs).run_all()
+    doc = json.loads((out / "datalist.json").read_text())
+    return doc["training"] + doc["rejected"], json.loads((out / "report.json").read_text())
+
+
+def test_generator_models_the_scale_and_records_it(scaled):
+    record = json.loads((scaled["models"] / "generator.json").read_text())
+    assert record["scale_dims"] == 3 and record["denoiser"]["dim"] == 8 + 3 and record["latents"]["dim"] == 8
+    assert record["source_slice_spacing_mm"] == SOURCE_SLICE_MM  # median of 9, 10, 11 mm
+    assert np.allclose(record["canonical_spacing_mm"]["min"], scaled["spacing"].min(0))
+    data = scaled["data"]
+    assert torch.allclose(data.x[:, 8:], torch.from_numpy(np.log(scaled["spacing"])).float())
+    assert data.standardizer.dim == 11 and float(data.z[:, 8:].std(0).min()) > 0.9  # per-dimension, scale included
+
+
+def test_reference_stats_measure_each_subject_at_its_own_voxel_size(scaled):
+    ref = CohortStats.load(scaled["models"])
+    volume = np.asarray([f["myocardial_volume_ml"] for f in ref.features])
+    box = np.prod(GRID) * np.prod(scaled["spacing"], axis=1) / 1000.0  # all myocardium: the box volume
+    assert np.allclose(volume, box, rtol=1e-6)
+    assert volume[1::2].mean() / volume[0::2].mean() > 3.5  # SIZE_B's voxel is 3.84 x SIZE_A's
+
+
+def test_samples_get_their_own_size_and_are_written_with_their_own_affine(scaled, tmp_path):
+    import nibabel as nib
+
+    from lgesynth.inr2vec.latents import load_latents
+
+    entries, report = _synthesize(scaled["models"], tmp_path / "c", num_samples=24, slices="canonical")
+    canonical = np.asarray([e["canonical_spacing_mm"] for e in entries])
+    group = _near_a_training_size(canonical)
+    assert group.all(), canonical[group == 0]                        # near the training sizes, not in between
+    assert (group == 1).sum() >= 3 and (group == 2).sum() >= 3, group  # and both of them
+    affines = []
+    for e, c in zip(entries, canonical):
+        img = nib.load(str(tmp_path / "c" / e["image"]))
+        assert img.shape == GRID and np.allclose(e["spacing_mm"], c, atol=1e-3)
+        assert np.allclose(img.affine[:3, :3], np.diag(c), atol=1e-3)
+        assert np.allclose(img.affine[:3, 3], -c * (np.asarray(GRID) - 1) / 2, atol=1e-3)  # centred at the origin
+        affines.append(img.affine)
+    assert len({np.round(a, 2).tobytes() for a in affines}) == len(entries)
+    sizes = {s["id"]: s["canonical_spacing_mm"] for s in load_latents(tmp_path / "c").subjects}
+    assert all(np.allclose(sizes[e["id"]], e["canonical_spacing_mm"]) for e in entries)
+    volume = report["features"]["myocardial_volume_ml"]  # measured at each sample's own spacing
+    box = np.prod(GRID) * np.prod(canonical, axis=1) / 1000.0
+    assert volume["sample_mean"] == pytest.approx(box.mean(), rel=1e-3) and volume["sample_std"] > 0.3 * box.mean()
+    summary = report["canonical_spacing_mm"]
+    assert np.allclose(summary["samples"]["min"], canonical.min(0), atol=1e-3) and summary["training"]["max"][2] > 9.0
+
+
+def test_a_generator_whose_scale_dims_do_not_fit_is_refused(scaled, tmp_path):
+    from lgesynth.synth import Generator
+
+    models = tmp_path / "models"
+    shutil.copytree(scaled["models"], models)
+    record = json.loads((models / "generator.json").read_text())
+    (models / "generator.json").write_text(json.dumps({**record, "scale_dims": 0}))
+    with pytest.raises(DataError, match="generator.json: scale_dims 0 and denoiser dim 11 do not fit"):
+        Generator(models)
+
+
+def test_samples_default_to_the_source_slice_spacing(scaled, tmp_path):
+    import nibabel as nib
+
+    entries, report = _synthesize(scaled["models"], tmp_path / "s", num_samples=8)
+    for e in entries:
+        c, s = np.asarray(e["canonical_spacing_mm"]), np.asarray(e["spacing_mm"])
+        img = nib.load(str(tmp_path / "s" / e["image"]))
+        extent = c * np.asarray(GRID)
+        assert img.shape == (*GRID[:2], round(extent[2] / SOURCE_SLICE_MM)) and np.allclose(s[:2], c[:2], atol=1e-3)
+        assert np.isclose(s[2] * img.shape[2], extent[2], rtol=1e-3) and abs(s[2] - SOURCE_SLICE_MM) < SOURCE_SLICE_MM / 2
+    box = np.prod(GRID) * np.prod([e["canonical_spacing_mm"] for e in entries], axis=1) / 1000.0
+    assert report["features"]["myocardial_volume_ml"]["sample_mean"] == pytest.approx(box.mean(), rel=1e-3)
+
+
+def test_spacing_mm_decodes_each_sample_box_at_that_spacing(scaled, tmp_path):
+    import nibabel as nib
+
+    entries, _ = _synthesize(scaled["models"], tmp_path / "m", num_samples=6, spacing_mm=[2.0, 2.0, 5.0])
+    shapes = set()
+    for e in entries:
+        extent = np.asarray(e["canonical_spacing_mm"]) * np.asarray(GRID)
+        img = nib.load(str(tmp_path / "m" / e["image"]))
+        assert np.all(np.abs(np.asarray(img.shape) - extent / (2.0, 2.0, 5.0)) <= 0.5 + 1e-3)  # round(extent / spacing)
+        assert np.allclose(np.asarray(e["spacing_mm"]) * np.asarray(img.shape), extent, rtol=1e-3)
+        shapes.add(img.shape)
+    assert len(shapes) > 1  # two sizes, two grids
+
+
+def test_sample_grid_keeps_the_box_and_the_coordinate_frame():
+    from lgesynth.synth.generator import sample_grid
+
+    record = {"grid": {"shape": [24, 24, 6]}, "z_extent": 0.5}
+    size = np.array([2.0, 2.0, 6.0])
+    for kwargs, want in (({}, (24, 24, 6)), ({"slice_spacing_mm": 10.0}, (24, 24, 4)),
+                         ({"spacing_mm": 1.0}, (48, 48, 36))):
+        shape, affine, coords = sample_grid(record, size, **kwargs)
+        assert shape == want and coords.shape == (np.prod(want), 3)
+        assert np.allclose(np.diag(affine)[:3] * np.asarray(shape), size * np.asarray([24, 24, 6]))  # same box
+        assert np.allclose(affine[:3, 3] + np.diag(affine)[:3] * (np.asarray(shape) - 1) / 2, 0.0)  # centred
+        z = coords[:, 2].reshape(shape)[0, 0]
+        assert float(z[0]) == pytest.approx(-0.5 * (1 - 1 / shape[2])) and float(z[-1]) == pytest.approx(0.5 * (1 - 1 / shape[2]))
+    with pytest.raises(ValueError, match="slice_spacing_mm"):
+        sample_grid(record, size, slice_spacing_mm=0.0)
+    from lgesynth.synth.generate import slice_spacing_of
+
+    assert slice_spacing_of({"source_slice_spacing_mm": 8.0}, "source") == 8.0 and slice_spacing_of({}, "source") is None
+    assert slice_spacing_of({}, "canonical") is None and slice_spacing_of({}, 6) == 6.0
+    with pytest.raises(ValueError, match="slices must be 'source', 'canonical'"):
+        slice_spacing_of({}, "thick")
 
 
 # ------------------------------------------------------------------------------------------ checks on hand-made masks

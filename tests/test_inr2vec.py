@@ -211,3 +211,34 @@ def test_linear_probe_separates_clusters_and_is_at_chance_on_shuffled_labels():
     y_shuf = y[torch.randperm(2 * n, generator=g)]
     chance = linear_probe_accuracy(x[:n], y_shuf[:n], x[n:], y_shuf[n:])
     assert 0.35 <= chance <= 0.65, chance
+
+
+def test_mask_fidelity_sees_a_dilated_myocardium_and_a_narrowed_cohort():
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from lgesynth.inr2vec.fidelity import cohort_fidelity, mask_fidelity
+
+    yy, xx = np.mgrid[:32, :32]
+    r = np.hypot(xx - 15.5, yy - 15.5)
+    true = np.repeat(((r > 7) & (r < 10)).astype(np.uint8)[..., None], 4, axis=2)
+    true[20:, :, :][true[20:, :, :] == 1] = 2  # scar on one side of the ring
+    same = mask_fidelity(true, true, (1.5, 1.5, 8.0))
+    assert same["myo_ratio"] == 1.0 and same["scar_ratio"] == 1.0 and same["wall_ratio"] == 1.0
+    dilated = true.copy()
+    grown = ndi.binary_dilation(true > 0, structure=np.ones((3, 3, 1), bool))
+    dilated[grown & (true == 0)] = 1
+    d = mask_fidelity(dilated, true, (1.5, 1.5, 8.0))
+    assert d["myo_ratio"] > 1.3 and d["wall_ratio"] > 1.3 and d["scar_ratio"] == 1.0
+    assert d["myo_voxels_decoded"] == int((dilated > 0).sum())
+    no_scar = np.where(true == 2, 1, true).astype(np.uint8)
+    assert np.isnan(mask_fidelity(no_scar, no_scar, (1.5, 1.5, 8.0))["scar_ratio"])
+    # a cohort decoded towards its mean: same median ratio 1, smaller decoded spread
+    rows = [{"myo_ratio": t_ / t_, "myo_voxels_true": t_, "myo_voxels_decoded": 100 + (t_ - 100) // 4,
+             "scar_voxels_true": 10, "scar_voxels_decoded": 10, "scar_ratio": 1.0, "wall_ratio": 1.0}
+            for t_ in (60, 80, 100, 120, 140)]
+    summary = cohort_fidelity(rows, "train")
+    assert summary["myo_ratio_median_train"] == 1.0
+    assert summary["myo_voxels_cv_decoded_train"] < 0.5 * summary["myo_voxels_cv_true_train"]
+    with pytest.raises(ValueError, match="different grids"):
+        mask_fidelity(true[..., :2], true, (1.5, 1.5, 8.0))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -133,7 +134,9 @@ def test_evaluate_writes_metrics_and_montage(trained):
     _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out), num_threads=1)
     with open(out / "inr2vec_metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "section", "role", "psnr", "ssim", "dice_myo", "dice_scar"] and len(rows) == 7
+    assert list(rows[0])[:7] == ["id", "section", "role", "psnr", "ssim", "dice_myo", "dice_scar"] and len(rows) == 7
+    for r in rows:  # the decoded / true ratios are those of the voxel counts beside them
+        assert float(r["myo_ratio"]) == pytest.approx(int(r["myo_voxels_decoded"]) / int(r["myo_voxels_true"]), abs=1e-4)
     split = json.loads((trained["out"] / "inr2vec_model.json").read_text())["split"]
     assert {r["id"]: r["role"] for r in rows} == {i: role for role, ids in split.items() for i in ids}  # val apart
     summary = json.loads((out / "inr2vec_metrics.json").read_text())
@@ -143,6 +146,13 @@ def test_evaluate_writes_metrics_and_montage(trained):
         assert f"{key}_train" in summary, key
     assert "probe_accuracy" in summary and summary["dice_myo_train"] > 0.5  # the decoder learnt the myocardium
     assert (out / "inr2vec_montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "inr2vec_fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train_ratios = sorted(float(r["myo_ratio"]) for r in rows if r["role"] == "train")
+    assert summary["myo_ratio_median_train"] == pytest.approx(float(np.median(train_ratios)), abs=1e-4)
+    assert summary["myo_ratio_p10_train"] <= summary["myo_ratio_median_train"] <= summary["myo_ratio_p90_train"]
+    true_train = np.asarray([int(r["myo_voxels_true"]) for r in rows if r["role"] == "train"], dtype=float)
+    assert summary["myo_voxels_cv_true_train"] == pytest.approx(true_train.std(ddof=1) / true_train.mean(), abs=1e-6)
+    assert "wall_ratio_median_test" in summary
 
 
 def test_refined_latents_fit_the_subjects_inr_better_and_repeat(trained):

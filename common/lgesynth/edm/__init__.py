@@ -21,7 +21,7 @@ API (shapes: ``batch`` samples of ``dim``-d latents):
   ``ConditionEmbedding(cond_dim, emb_dim)`` with a learned null embedding (condition.py).
 - ``EMA(model, decay=None, halflife_kimg=None, batch_size=None, rampup_ratio=0.05)`` (ema.py): a
   ``torch.optim.swa_utils.AveragedModel``; ``ema_beta(halflife_kimg, batch_size, cur_nimg, rampup_ratio)``.
-- ``LatentStandardizer.fit(latents (n, dim), eps=1e-6)``, ``.standardize``, ``.destandardize``,
+- ``LatentStandardizer.fit(latents (n, dim), eps=1e-6)``, ``.standardize``, ``.destandardize``, ``.head(k)``,
   ``.save(path)``, ``LatentStandardizer.load(path)``; ``estimate_sigma_data(z)`` (standardize.py).
 
 Typical use::

@@ -57,6 +57,12 @@ class LatentStandardizer(nn.Module):
     def dim(self) -> int:
         return self.mean.shape[0]
 
+    def head(self, k: int) -> "LatentStandardizer":
+        """The standardiser of the first ``k`` dimensions (e.g. the latent without trailing scale dims)."""
+        if not 0 < k <= self.dim:
+            raise ValueError(f"k must be in 1..{self.dim}, got {k}")
+        return LatentStandardizer(self.mean[:k], self.std[:k])
+
     def standardize(self, w: torch.Tensor) -> torch.Tensor:
         """``(n, dim) -> (n, dim)``: ``(w - mean) / std``."""
         return (w - self.mean.to(w.dtype)) / self.std.to(w.dtype)

@@ -1,16 +1,25 @@
 """edm_synth training engines (the bundle's ``train#trainer``, ``validate#evaluator`` and the export).
 
-    EdmData            latents of one datalist section, standardised; sigma_data; condition vectors
+    EdmData            latents of one datalist section (+ log canonical voxel size), standardised; sigma_data;
+                       condition vectors
     EdmTrainer         ignite engine: one iteration = one EDMLoss step on a batch of latents + EMA update
     EdmValidator       MONAI Evaluator: EDM loss of the EMA net at fixed noise levels and fixed noise
     GeneratorExporter  at the end of training, writes everything generation needs into ``models_dir``
-                       (see ``synth/generate.py``): EMA weights, standardiser, sigma_data, the inr2vec
+                       (see ``synth/generator.py``): EMA weights, standardiser, sigma_data, the inr2vec
                        decoder (not the encoder) + its architecture, grid, z extent, reference affine,
-                       the training-cohort stats of the quality report, and ``generator.json`` last
+                       scale dims and the training subjects' voxel sizes, the training-cohort stats of
+                       the quality report, and ``generator.json`` last
 
 Batches are a function of the iteration number only (``seed_of(seed, iteration)``), so a resumed run
 draws what the uninterrupted run would have drawn; under torch.distributed every rank draws the same
 global batch and takes its ``rank::world`` slice, so DDP averages the gradient of the same global batch.
+
+Scale (``scale``): the canonical grid normalises each heart's size away from its latent; the size
+lives in the subject's canonical voxel size (``canonical_spacing_mm`` in latents.json). With
+``scale`` on, the EDM models ``x = [w, log(canonical_spacing_mm)]`` (latent_dim + 3 dims), jointly,
+so every sample gets its own physical size; generator.json records ``scale_dims: 3`` and
+``Generator.split`` cuts samples back into the latent and the voxel size. ``auto`` (default) turns it
+on when every subject records its spacing (latents encoded before the field existed train without).
 
 Conditioning (``condition``): ``none``, ``burden`` (the scar burden of the canonical label, from
 ``latents.json``), ``pattern`` (one-hot over ``SCAR_PATTERNS``; latents encoded with a datalist that
@@ -34,9 +43,9 @@ from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
 from lgesynth.engines.inr2vec import SubjectMean, shard_of_rank
 from lgesynth.errors import DataError
 from lgesynth.inr.sampling import seed_of
-from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, state_sha256
+from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, state_sha256, subject_spacing
 from lgesynth.io import atomic_path, write_json
-from lgesynth.synth.generate import FILES, GENERATOR_FORMAT, GENERATOR_JSON, condition_parts
+from lgesynth.synth.generator import FILES, GENERATOR_FORMAT, GENERATOR_JSON, SCALE_DIMS, condition_parts
 
 logger = logging.getLogger("lgesynth.edm")
 
@@ -72,16 +81,33 @@ def condition_vectors(subjects: list[dict], condition: str, where: str | Path | 
     return scar_condition(burden, pattern)
 
 
+def scale_mode(scale) -> str:
+    """``"auto"``, ``"on"`` or ``"off"`` from the config's ``scale`` (``auto``, true / false, on / off)."""
+    key = str(scale).strip().lower()
+    modes = {"auto": "auto", "true": "on", "on": "on", "1": "on", "false": "off", "off": "off", "0": "off", "none": "off"}
+    if key not in modes:
+        raise ValueError(f"scale must be auto, true or false, got {scale!r}")
+    return modes[key]
+
+
 class EdmData:
     """Latents of the ``section`` subjects (training only, by default), standardised, and their conditions.
 
-    Attributes: ``w`` (n, dim) raw latents, ``z`` standardised (on ``device``), ``ids``, ``subjects``,
-    ``standardizer``, ``sigma_data``, ``cond`` (n, cond_dim) or None, ``cond_dim``, ``z_val`` (the
-    ``validation`` latents if any, else ``z``), ``encoder_sha256``, ``path``.
+    Attributes: ``w`` (n, latent_dim) raw latents; ``spacing_mm`` (n, 3) canonical voxel sizes in mm
+    (None when a subject does not record one); ``scale_dims`` (3 when the EDM models the scale, else 0);
+    ``x`` (n, dim) what the EDM models, ``[w, log(spacing_mm)]`` or ``w``; ``z`` standardised ``x`` (on
+    ``device``); ``ids``, ``subjects``, ``standardizer`` (per dimension of ``x``), ``sigma_data``,
+    ``cond`` (n, cond_dim) or None, ``cond_dim``, ``z_val`` (the ``validation`` latents if any, else
+    ``z``), ``encoder_sha256``, ``path``.
+
+    Args:
+        scale: ``auto`` (model the scale when every subject of ``section`` and ``validation`` records
+            ``canonical_spacing_mm``), true (require it: ``DataError`` naming latents.json otherwise)
+            or false.
     """
 
     def __init__(self, latents: str, section: str = "training", condition: str = "none",
-                 device: str | torch.device = "cpu", eps: float = 1e-6):
+                 device: str | torch.device = "cpu", eps: float = 1e-6, scale="auto"):
         self.path, self.device, self.condition = str(latents), torch.device(device), condition
         where = _latents_json(latents)
         lat = load_latents(latents)
@@ -93,21 +119,50 @@ class EdmData:
         self.subjects = [lat.subjects[i] for i in rows]
         self.ids = [s["id"] for s in self.subjects]
         self.encoder_sha256 = lat.encoder_sha256
-        self.standardizer = LatentStandardizer.fit(self.w, eps)
-        self.z = self.standardizer.standardize(self.w).float().to(self.device)
+        val = lat.rows("validation")
+        val_subjects = [lat.subjects[i] for i in val]
+        self.spacing_mm = subject_spacing(self.subjects, "canonical_spacing_mm", where)
+        val_spacing = subject_spacing(val_subjects, "canonical_spacing_mm", where) if val else None
+        mode = scale_mode(scale)
+        known = self.spacing_mm is not None and (not val or val_spacing is not None)
+        if mode == "on" and not known:
+            raise DataError(where, "scale: true needs canonical_spacing_mm for every subject; re-encode the bank with "
+                            "the inr2vec bundle's `encode` (it records them), or set scale: auto / false")
+        self.scale_dims = SCALE_DIMS if mode != "off" and known else 0
+        if mode == "auto" and not known:
+            logger.warning("latents %s: not every subject records canonical_spacing_mm; the EDM models the latent only "
+                           "and every sample gets the reference voxel size", latents)
+        self.x = self._with_scale(self.w, self.spacing_mm)
+        self.standardizer = LatentStandardizer.fit(self.x, eps)
+        self.z = self.standardizer.standardize(self.x).float().to(self.device)
         self.sigma_data = estimate_sigma_data(self.z)
+        if not self.sigma_data > 0:
+            raise DataError(where, f"the {len(rows)} {section} latents are all the same (after standardisation): "
+                            "the inr2vec encoder collapsed, and an EDM cannot learn a distribution of one point; "
+                            "retrain inr2vec (lower lr, more steps) and encode again")
         cond = condition_vectors(self.subjects, condition, where)
         self.cond = None if cond is None else cond.to(self.device)
         self.cond_dim = 0 if cond is None else int(cond.shape[1])
-        val = lat.rows("validation")
-        self.z_val = self.standardizer.standardize(lat.latents[val].float()).to(self.device) if val else self.z
-        cond_val = condition_vectors([lat.subjects[i] for i in val], condition, where) if val else cond
+        x_val = self._with_scale(lat.latents[val].float(), val_spacing) if val else None
+        self.z_val = self.standardizer.standardize(x_val).to(self.device) if val else self.z
+        cond_val = condition_vectors(val_subjects, condition, where) if val else cond
         self.cond_val = None if cond_val is None else cond_val.to(self.device)
-        logger.info("latents %s: %d %s subjects, dim %d, sigma_data %.4f, condition %s", latents, len(rows), section,
-                    self.w.shape[1], self.sigma_data, condition)
+        logger.info("latents %s: %d %s subjects, latent dim %d + %d scale dims, sigma_data %.4f, condition %s", latents,
+                    len(rows), section, self.w.shape[1], self.scale_dims, self.sigma_data, condition)
+
+    def _with_scale(self, w: torch.Tensor, spacing_mm: np.ndarray | None) -> torch.Tensor:
+        """(n, latent_dim) -> (n, dim): ``[w, log(spacing_mm)]`` with scale dims, else ``w``."""
+        if not self.scale_dims:
+            return w
+        return torch.cat([w, torch.from_numpy(np.log(spacing_mm)).to(w.dtype)], dim=1)
 
     @property
     def dim(self) -> int:
+        """What the EDM models: latent_dim + scale_dims."""
+        return int(self.x.shape[1])
+
+    @property
+    def latent_dim(self) -> int:
         return int(self.w.shape[1])
 
 
@@ -161,6 +216,7 @@ class EdmTrainer(Engine):
     def run_params(self) -> dict:
         """What MLflow records as params (RunInfoHandler)."""
         return {"latents": self.data.path, "subjects": len(self.data.ids), "dim": self.data.dim,
+                "scale_dims": self.data.scale_dims,
                 "sigma_data": self.data.sigma_data, "condition": self.data.condition, "p_uncond": self.loss_fn.p_uncond,
                 "P_mean": self.loss_fn.P_mean, "P_std": self.loss_fn.P_std,
                 "denoiser": denoiser_architecture(_unwrap(self.net).model), "steps": self.steps,
@@ -259,8 +315,8 @@ class GeneratorExporter:
             raise DataError(_latents_json(data.path), f"was encoded by another encoder than the one of the inr2vec model "
                             f"in {inr2vec_dir} (checkpoint {self.inr2vec.checkpoint}); its decoder would not decode them: "
                             "re-encode with that model or point inr2vec_dir at the model that encoded them")
-        if self.inr2vec.decoder.latent_dim != data.dim:
-            raise DataError(_latents_json(data.path), f"latent_dim {data.dim} differs from the inr2vec decoder's "
+        if self.inr2vec.decoder.latent_dim != data.latent_dim:
+            raise DataError(_latents_json(data.path), f"latent_dim {data.latent_dim} differs from the inr2vec decoder's "
                             f"{self.inr2vec.decoder.latent_dim} ({inr2vec_dir})")
 
     def attach(self, engine: Engine) -> None:
@@ -272,19 +328,37 @@ class GeneratorExporter:
         logger.info("generator written to %s", path)
 
     def reference_stats(self):
-        """The training cohort as the decoder renders it: features, plausibility, masks, latents."""
-        from lgesynth.io import spacing_from_affine
-        from lgesynth.synth.generate import canonical_grid, decode_latents
+        """The training cohort as the decoder renders it on the canonical grid: features, plausibility,
+        masks, latents (n, latent_dim). Each subject is measured at its own canonical voxel size (the
+        reference one for subjects that do not record it), so physical volumes compare fairly with samples."""
+        from lgesynth.synth.generator import canonical_grid, decode_latents, reference_spacing
         from lgesynth.synth.report import CohortStats
 
         record = self.inr2vec.record
-        shape, affine, coords = canonical_grid(record)
+        shape, _, coords = canonical_grid(record)
         stats = CohortStats(shape, latents=self.data.w.clone())
-        spacing = spacing_from_affine(affine)
+        spacing = self.data.spacing_mm if self.data.spacing_mm is not None else \
+            np.tile(reference_spacing(record), (len(self.data.ids), 1))
         for rows, images, labels in decode_latents(self.inr2vec.decoder, self.data.w, coords, shape, self.decode_batch):
             for r, image, label in zip(rows, images, labels):
-                stats.add(self.data.ids[r], image, label, spacing)
+                stats.add(self.data.ids[r], image, label, spacing[r])
         return stats
+
+    def scale_record(self) -> dict:
+        """generator.json's scale fields: ``scale_dims``; ``canonical_spacing_mm`` (min, median, max (3,) mm of
+        the training subjects, when known); ``source_slice_spacing_mm``, the median original slice spacing
+        of the training subjects (None when latents.json does not record ``source_spacing_mm``)."""
+        from lgesynth.inr2vec.latents import subject_spacing
+
+        out: dict = {"scale_dims": self.data.scale_dims, "source_slice_spacing_mm": None}
+        sp = self.data.spacing_mm
+        if sp is not None:
+            out["canonical_spacing_mm"] = {"min": sp.min(0).tolist(), "median": np.median(sp, 0).tolist(),
+                                           "max": sp.max(0).tolist()}
+        source = subject_spacing(self.data.subjects, "source_spacing_mm", _latents_json(self.data.path))
+        if source is not None:
+            out["source_slice_spacing_mm"] = float(np.median(source[:, 2]))
+        return out
 
     def export(self, iteration: int | None = None) -> Path:
         """Write the weights, the stats and, last, ``generator.json``; returns its path."""
@@ -311,8 +385,9 @@ class GeneratorExporter:
             "training_conditions": [] if cond is None else cond.cpu().tolist(),
             "decoder": architecture(self.inr2vec.encoder, self.inr2vec.decoder)["decoder"],
             "grid": record["grid"], "z_extent": record["z_extent"], "reference_affine": record["reference_affine"],
+            **self.scale_record(),
             "files": dict(FILES),
-            "latents": {"path": self.data.path, "count": len(self.data.ids), "dim": self.data.dim,
+            "latents": {"path": self.data.path, "count": len(self.data.ids), "dim": self.data.latent_dim,
                         "encoder_sha256": self.data.encoder_sha256, "ids": self.data.ids},
             "inr2vec": {"checkpoint": self.inr2vec.checkpoint, "bank": record.get("bank", {})},
             "reference": {"count": len(stats), "plausible_fraction": stats.plausible_fraction},

@@ -30,14 +30,16 @@ from lgesynth.inr.loss import decode
 from lgesynth.inr.siren import SirenSpec
 from lgesynth.inr2vec.decoder import build_decoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
+from lgesynth.inr2vec.fidelity import COLUMNS as FIDELITY_COLUMNS
+from lgesynth.inr2vec.fidelity import cohort_fidelity, mask_fidelity, save_fidelity_figure
 from lgesynth.inr2vec.latents import LATENTS_JSON, Latents, load_latents, save_latents, scar_record, state_sha256
 from lgesynth.inr2vec.probe import linear_probe_accuracy
 from lgesynth.inr2vec.refine import refine_latents
 from lgesynth.inr2vec.train import Inr2VecModel, encode_bank
 from lgesynth.engines.inr2vec import MODEL_FORMAT, MODEL_JSON
-from lgesynth.io import save_nifti, write_csv, write_json
+from lgesynth.io import save_nifti, spacing_from_affine, write_csv, write_json
 
-COLUMNS = ("id", "section", "role", "psnr", "ssim", "dice_myo", "dice_scar")
+COLUMNS = ("id", "section", "role", "psnr", "ssim", "dice_myo", "dice_scar", *FIDELITY_COLUMNS)
 _ROLE = {"training": "train", "validation": "val", "test": "test"}  # role of a subject the model's split does not list
 CHECKPOINT_ORDER = ("model_best.pt", "model_final.pt")
 
@@ -101,14 +103,23 @@ def _patterns(datalist: str | None) -> dict[str, str]:
 
 
 def subject_records(bank: InrBank, datalist: str | None = None, grid: CanonicalGrid | None = None) -> list[dict]:
-    """Per bank subject: ``id``, ``section``, ``has_scar``, ``scar_burden`` (canonical label), ``pattern`` if known."""
+    """Per bank subject: ``id``, ``section``, ``has_scar``, ``scar_burden`` (canonical label), ``pattern`` if known,
+    and from the bank's canonical meta (else the label's): ``canonical_spacing_mm`` (3,) the canonical
+    voxel size (column norms of ``canonical_affine``; the subject's physical size) and ``source_spacing_mm``
+    (3,) the original voxel size in canonical axis order (slice spacing last)."""
     grid = grid or CanonicalGrid.from_dict(bank.fit.get("grid"))
     patterns = _patterns(datalist)
     out = []
     for s in bank.subjects:
         src = s.get("source", {})
         case = to_canonical(None, src["label"], grid)
+        meta = s.get("canonical") or case.meta
         rec = {"id": s["id"], "section": src.get("section", ""), **scar_record(case.label)}
+        if "canonical_affine" in meta:
+            rec["canonical_spacing_mm"] = [float(v) for v in spacing_from_affine(np.asarray(meta["canonical_affine"]))]
+        if "original_affine" in meta and "perm" in meta:
+            original = spacing_from_affine(np.asarray(meta["original_affine"]))
+            rec["source_spacing_mm"] = [float(original[int(a)]) for a in meta["perm"]]
         pattern = patterns.get(s["id"], src.get("pattern"))
         if pattern is not None:
             rec["pattern"] = pattern
@@ -229,12 +240,15 @@ def _nanmean(values) -> float:
 class Inr2VecEvaluator(Engine):
     """Round trip of every bank subject; one iteration per subject.
 
-    Writes ``inr2vec_metrics.csv`` (``id, section, role, psnr, ssim, dice_myo, dice_scar``; ``role`` is
+    Writes ``inr2vec_metrics.csv`` (``id, section, role, psnr, ssim, dice_myo, dice_scar`` and the mask
+    fidelity columns of ``inr2vec.fidelity``: decoded / true myocardium and scar voxels, wall thickness; ``role`` is
     train / val / test in the model's split, so validation subjects held out of the datalist's training
     section are not counted as trained on), the summary ``inr2vec_metrics.json`` (``psnr_test``,
     ``ssim_test``, ``dice_myo_test``, ``dice_scar_test``, ``probe_accuracy``, their ``_train`` and ``_val`` twins; the probe is a scar / no-scar logistic regression on
     the training-section latents, scored on the test latents, ``_train`` on its own training data) and
-    ``inr2vec_montage.png`` (mid slices, source vs reconstruction, ``montage_subjects`` subjects).
+    ``inr2vec_montage.png`` (mid slices, source vs reconstruction, ``montage_subjects`` subjects). The summary
+    also holds, per role, the medians and 10th / 90th percentiles of the decoded / true ratios and the
+    cohort's coefficients of variation (``inr2vec.fidelity.cohort_fidelity``), drawn in ``inr2vec_fidelity.png``.
     The summary becomes ``state.metrics`` for MLflow (``--tracking mlflow``).
 
     Latents: ``latents`` (a ``latents.json`` of an encode run of this bank and encoder) when given, else
@@ -285,7 +299,7 @@ class Inr2VecEvaluator(Engine):
         row = {"id": subject["id"], "section": section, "role": self.roles.get(subject["id"], _ROLE.get(section, section)),
                "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
                "ssim": ssim, "dice_myo": _dice(label > 0, case.label > 0), "dice_scar": _dice(label == 2, case.label == 2),
-               **scar_record(case.label)}
+               **mask_fidelity(label, case.label, spacing_from_affine(case.affine)), **scar_record(case.label)}
         self.rows.append(row)
         if len(self.panels) < self.montage_subjects:
             from lgesynth.viz import mid_slice
@@ -306,6 +320,7 @@ class Inr2VecEvaluator(Engine):
             out[f"n_{tag}"] = len(rows)
             for key in ("psnr", "ssim", "dice_myo", "dice_scar"):
                 out[f"{key}_{tag}"] = _nanmean([r[key] for r in rows])
+            out.update(cohort_fidelity(rows, tag))
         index = {sid: i for i, sid in enumerate(self.bank.ids)}
         y = {r["id"]: int(r["has_scar"]) for r in self.rows}
         tr = [r["id"] for r in self.rows if r["section"] == "training"]
@@ -335,6 +350,8 @@ class Inr2VecEvaluator(Engine):
                 labels += [sl, rl]
                 titles += [f"{sid} source", f"{sid} inr2vec"]
             save_montage(self.output_dir / "inr2vec_montage.png", images, labels, titles, ncols=4)
+        if self.rows:
+            save_fidelity_figure(self.output_dir / "inr2vec_fidelity.png", self.rows)
         return summary
 
     def run_all(self):

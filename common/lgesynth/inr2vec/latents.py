@@ -7,9 +7,14 @@ Two files in one folder, written atomically (the JSON last: it commits the pair)
   the encoder state that made them; decoders check it), ``weights_sha256`` (of the safetensors file,
   so a torn pair is detected), free-form ``source`` (bank, checkpoint) and ``subjects``: per row
   ``id``, ``section``, ``has_scar``, ``scar_burden`` (scar voxels / myocardium voxels of the canonical
-  label) and ``pattern`` when the datalist gives one.
+  label), ``pattern`` when the datalist gives one, ``canonical_spacing_mm`` ``[sx, sy, sz]`` (the
+  subject's canonical voxel size: the crop normalises each heart's size, so its physical size lives
+  here) and ``source_spacing_mm`` (its original voxel size in canonical axis order, the slice spacing
+  last). Synthetic cohorts record per sample the ``canonical_spacing_mm`` it was generated with and the
+  ``spacing_mm`` it was written at. Older files without the spacings still load.
 
-``load_latents`` verifies the pair and refuses a mismatch with a ``DataError`` naming the file.
+``load_latents`` verifies the pair and refuses a mismatch with a ``DataError`` naming the file;
+``subject_spacing`` reads a spacing field of every row, checked.
 """
 
 from __future__ import annotations
@@ -120,3 +125,28 @@ def load_latents(path: str | Path) -> Latents:
         raise DataError(wpath, f"tensor 'latents' has shape {None if z is None else tuple(z.shape)}, expected {want} "
                         "from latents.json")
     return Latents(z, doc["subjects"], doc.get("encoder_sha256"), doc.get("source", {}))
+
+
+SPACING_KEYS = ("canonical_spacing_mm", "source_spacing_mm", "spacing_mm")
+
+
+def subject_spacing(subjects: list[dict], key: str = "canonical_spacing_mm", where: str | Path | None = None) -> np.ndarray | None:
+    """``(n, 3)`` float64 voxel sizes (mm) from the ``key`` field of every record; None when any record lacks it.
+
+    Raises:
+        DataError: naming ``where`` when a record has the field but not three positive finite numbers.
+    """
+    assert key in SPACING_KEYS, key
+    if not subjects or any(key not in s for s in subjects):
+        return None
+    out = np.zeros((len(subjects), 3))
+    for i, s in enumerate(subjects):
+        try:
+            v = np.asarray(s[key], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            v = np.zeros(0)
+        if v.size != 3 or not np.all(np.isfinite(v)) or not np.all(v > 0):
+            raise DataError(where, f"subject {s.get('id', i)!r}: {key} must be three positive numbers (mm), got "
+                            f"{s[key]!r}; re-encode with the inr2vec bundle's `encode`")
+        out[i] = v
+    return out

@@ -1,17 +1,20 @@
 """Synthetic cohorts from the edm_synth generator, and their quality report.
 
-    generate  Generator(models_dir): EMA denoiser + standardiser + inr2vec decoder from the bundle's models;
-              .conditions(n, scar_burden, pattern, seed), .sample(n, seed, num_steps, guidance, cond);
-              decode_latents(decoder, w, coords, shape); canonical_grid(record, spacing_mm);
-              CohortSynthesizer (inference.yaml engine); bundle_root() (the bundle of --config_file)
-    report    plausibility_problems(myo, scar), volume_features(image, label, spacing_mm),
-              CohortStats, quality_report(samples, reference), save_report_figure, write_report,
+    generator Generator(models_dir): EMA denoiser + standardiser + inr2vec decoder from the bundle's models;
+              .conditions(n, scar_burden, pattern, seed), .sample(n, seed, num_steps, guidance, cond),
+              .sample_with_spacing(...) -> (latents, canonical voxel sizes); decode_latents(decoder, w,
+              coords, shape); sample_grid(record, canonical_spacing_mm, spacing_mm, slice_spacing_mm);
+              canonical_grid(record, spacing_mm); bundle_root() (the bundle of --config_file)
+    generate  CohortSynthesizer (inference.yaml engine)
+    features  plausibility_problems(myo, scar), volume_features(image, label, spacing_mm): one volume
+    report    CohortStats, quality_report(samples, reference), save_report_figure, write_report,
               CohortEvaluator (evaluate.yaml engine)
 """
 
-from lgesynth.synth.generate import CohortSynthesizer, Generator, bundle_root, canonical_grid, decode_latents
-from lgesynth.synth.report import (FEATURES, CohortEvaluator, CohortStats, plausibility_problems, quality_report,
-                                   volume_features, write_report)
+from lgesynth.synth.generate import CohortSynthesizer
+from lgesynth.synth.generator import Generator, bundle_root, canonical_grid, decode_latents, sample_grid
+from lgesynth.synth.features import FEATURES, plausibility_problems, volume_features
+from lgesynth.synth.report import CohortEvaluator, CohortStats, quality_report, write_report
 
-__all__ = ["CohortSynthesizer", "Generator", "bundle_root", "canonical_grid", "decode_latents", "FEATURES",
+__all__ = ["CohortSynthesizer", "Generator", "bundle_root", "canonical_grid", "decode_latents", "sample_grid", "FEATURES",
            "CohortEvaluator", "CohortStats", "plausibility_problems", "quality_report", "volume_features", "write_report"]

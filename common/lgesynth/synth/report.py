@@ -1,21 +1,6 @@
 """Quality report of a synthetic cohort against the training cohort.
 
-Per volume (image on the canonical grid, label 0/1/2, the slice axis last):
-
-- **plausibility** (:func:`plausibility_problems`): scar inside the myocardium; on every slice with
-  myocardium, the myocardium is one 2D connected component (8-connected) that encloses a cavity
-  (``binary_fill_holes`` adds voxels). Specks, pieces under ``SPECK_FRACTION`` (2 %) of the slice's
-  myocardium (decoding noise of a few voxels, which keeping the largest component would remove), are
-  not counted as pieces. Open rings are allowed at the most basal myocardial slice
-  (the left ventricular outflow tract) and a closed cap at the most apical one (the apex has no
-  cavity); which end is apical is read from the anatomy (``seg.regions.apex_at_high_index``).
-- **features** (:func:`volume_features`): ``myocardial_volume_ml``; ``wall_thickness_mm`` = mean over
-  the ridge of the in-plane distance transform (its local maxima) of ``2 EDT - s`` (``s`` = mean
-  in-plane spacing; exact for walls of an odd number of voxels, one voxel short for even ones, the
-  same rule on both cohorts); ``scar_burden`` = scar / myocardium voxels; ``contrast_scar_remote`` and
-  ``contrast_blood_remote`` = mean intensity of scar (of the blood pool: the filled cavity) minus that
-  of the healthy myocardium, in canonical units (each image robustly scaled to [-1, 1]); NaN when the
-  region is empty (scar-free volumes have no scar contrast).
+Per volume: plausibility and features (``synth.features``).
 
 Per cohort (:func:`quality_report`):
 
@@ -53,109 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from scipy import ndimage as ndi
 
 from lgesynth.io import atomic_path, load_nifti, spacing_from_affine, write_json
+from lgesynth.synth.features import FEATURES, mean_or_nan, plausibility_problems, resize_mask, volume_features
 
-FEATURES = ("myocardial_volume_ml", "wall_thickness_mm", "scar_burden", "contrast_scar_remote", "contrast_blood_remote")
 COPY_RATIO = 1 / 3
 COPY_NEIGHBOURS = 5
 COPY_PERCENTILE = 5.0  # the earlier absolute rule, reported for reference
-SPECK_FRACTION = 0.02
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-# ------------------------------------------------------------------------------------- per volume
-def _ends(myo: np.ndarray, axis: int, spacing_mm) -> tuple[int | None, int | None]:
-    """``(basal, apical)`` slice indices of the myocardium's slice range (None without myocardium)."""
-    from lgesynth.seg.regions import apex_at_high_index, myocardial_slices
-
-    label = myo.astype(np.uint8)
-    slices = myocardial_slices(label, axis)
-    if slices.size == 0:
-        return None, None
-    if apex_at_high_index(label, axis, spacing_mm):
-        return int(slices[0]), int(slices[-1])
-    return int(slices[-1]), int(slices[0])
-
-
-def plausibility_problems(myo: np.ndarray, scar: np.ndarray | None = None, axis: int = 2, spacing_mm=None,
-                          allow_open_base: bool = True, allow_apical_cap: bool = True,
-                          speck_fraction: float = SPECK_FRACTION) -> list[str]:
-    """Why a myocardium (+ scar) mask pair is implausible; ``[]`` when it passes (see module doc).
-
-    Args:
-        myo, scar: (x, y, z) masks (nonzero = inside); ``scar`` None skips the subset check.
-        axis: the slice axis (2 on the canonical grid).
-        spacing_mm: (3,) voxel size, for finding the apex.
-        speck_fraction: pieces smaller than this share of the slice's myocardium are not counted.
-    """
-    myo = np.asarray(myo) != 0
-    problems = []
-    if scar is not None:
-        outside = int(np.count_nonzero((np.asarray(scar) != 0) & ~myo))
-        if outside:
-            problems.append(f"{outside} scar voxels outside the myocardium")
-    basal, apical = _ends(myo, axis, spacing_mm)
-    if basal is None:
-        return problems + ["no myocardium"]
-    m = np.moveaxis(myo, axis, 0)
-    for k in range(m.shape[0]):
-        if not m[k].any():
-            continue
-        labelled, n = ndi.label(m[k], structure=_EIGHT)
-        sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
-        pieces = int((sizes >= speck_fraction * sizes.sum()).sum())
-        if pieces != 1:
-            problems.append(f"slice {k}: myocardium in {pieces} pieces")
-        encloses = int(ndi.binary_fill_holes(m[k]).sum()) > int(m[k].sum())
-        if not encloses and not (allow_open_base and k == basal) and not (allow_apical_cap and k == apical):
-            problems.append(f"slice {k}: myocardium encloses no cavity (open ring)")
-    return problems
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(values.mean()) if values.size else float("nan")
-
-
-def volume_features(image: np.ndarray | None, label: np.ndarray, spacing_mm, axis: int = 2) -> dict[str, float]:
-    """The ``FEATURES`` of one volume (see module doc); intensity contrasts NaN without an image."""
-    label = np.asarray(label)
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
-    myo, scar = np.isin(label, (1, 2)), label == 2
-    in_plane = [a for a in range(3) if a != axis]
-    s_plane = spacing[in_plane]
-    m = np.moveaxis(myo, axis, 0)
-    cavity = np.zeros_like(m)
-    ridge_thickness = []
-    for k in range(m.shape[0]):
-        if not m[k].any():
-            continue
-        cavity[k] = ndi.binary_fill_holes(m[k]) & ~m[k]
-        edt = ndi.distance_transform_edt(np.pad(m[k], 1), sampling=s_plane)[1:-1, 1:-1]
-        ridge = m[k] & (edt >= ndi.maximum_filter(edt, footprint=_EIGHT, mode="constant"))
-        ridge_thickness.append(2 * edt[ridge] - s_plane.mean())
-    cavity = np.moveaxis(cavity, 0, axis)
-    n_myo, n_scar = int(myo.sum()), int(scar.sum())
-    out = {"myocardial_volume_ml": n_myo * float(np.prod(spacing)) / 1000.0,
-           "wall_thickness_mm": _mean(np.concatenate(ridge_thickness)) if ridge_thickness else float("nan"),
-           "scar_burden": n_scar / n_myo if n_myo else float("nan"),
-           "contrast_scar_remote": float("nan"), "contrast_blood_remote": float("nan")}
-    if image is not None:
-        image = np.asarray(image, dtype=np.float64)
-        remote = _mean(image[myo & ~scar])
-        out["contrast_scar_remote"] = _mean(image[scar]) - remote
-        out["contrast_blood_remote"] = _mean(image[cavity]) - remote
-    return out
-
-
-def resize_mask(mask: np.ndarray, shape) -> np.ndarray:
-    """Nearest-neighbour resize of a 3D mask to ``shape`` (to compare cohorts on one grid)."""
-    mask = np.asarray(mask, dtype=bool)
-    if tuple(mask.shape) == tuple(shape):
-        return mask
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return torch.nn.functional.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest")[0, 0].numpy() > 0.5
 
 
 # ------------------------------------------------------------------------------------- per cohort
@@ -301,7 +190,8 @@ def quality_report(samples: CohortStats, reference: CohortStats, standardizer=No
     Args:
         samples, reference: the synthetic and the training cohort on one ``grid_shape``.
         standardizer: ``LatentStandardizer`` of the EDM; latent distances are taken between
-            standardised latents (raw latents when None).
+            standardised latents (raw latents when None), over the latent's dims only (not the scale
+            dims the EDM may model after it).
     """
     from scipy.stats import ks_2samp
 
@@ -320,8 +210,8 @@ def quality_report(samples: CohortStats, reference: CohortStats, standardizer=No
     for name in FEATURES:
         a, b = samples.values(name), reference.values(name)
         row = {"n_sample": int(a.size), "n_reference": int(b.size),
-               "sample_mean": _mean(a), "sample_std": float(a.std(ddof=1)) if a.size > 1 else float("nan"),
-               "reference_mean": _mean(b), "reference_std": float(b.std(ddof=1)) if b.size > 1 else float("nan"),
+               "sample_mean": mean_or_nan(a), "sample_std": float(a.std(ddof=1)) if a.size > 1 else float("nan"),
+               "reference_mean": mean_or_nan(b), "reference_std": float(b.std(ddof=1)) if b.size > 1 else float("nan"),
                "ks_statistic": float("nan"), "ks_pvalue": float("nan")}
         if a.size and b.size:
             ks = ks_2samp(a, b)
@@ -333,7 +223,8 @@ def quality_report(samples: CohortStats, reference: CohortStats, standardizer=No
     if samples.latents is not None and reference.latents is not None:
         lat_s, lat_r = samples.latents.cpu(), reference.latents.cpu()
         if standardizer is not None:
-            lat_s, lat_r = standardizer.standardize(lat_s), standardizer.standardize(lat_r)
+            head = standardizer.head(lat_s.shape[1])
+            lat_s, lat_r = head.standardize(lat_s), head.standardize(lat_r)
     ms, mr = samples.mask_matrix(), reference.mask_matrix()
     diversity = {"dice_distance": _pairwise_summary(dice_distances(ms, ms))}
     if lat_s is not None:
@@ -451,7 +342,7 @@ class CohortEvaluator(Engine):
                  val_handlers=(), progress: bool = True):
         from lgesynth.data.datalist import load_datalist
         from lgesynth.edm import LatentStandardizer
-        from lgesynth.synth.generate import load_generator_record
+        from lgesynth.synth.generator import load_generator_record
 
         super().__init__(self._process)
         self.cohort, self.models_dir, self.output_dir = str(cohort), str(models_dir), Path(output_dir)
@@ -471,6 +362,7 @@ class CohortEvaluator(Engine):
             index = {sid: i for i, sid in enumerate(lat.ids)}
             if all(e["id"] in index for e in self.entries):
                 self.samples.latents = lat.latents[[index[e["id"]] for e in self.entries]]
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)  # before the handlers: they log its metrics
         for handler in val_handlers or ():
             handler.attach(self)
         self._bar = None
@@ -492,13 +384,12 @@ class CohortEvaluator(Engine):
             self._bar.update(1)
         return row
 
-    def run_all(self):
-        def finish(engine: Engine) -> None:
-            report = write_report(self.output_dir, self.samples, self.reference, self.standardizer,
-                                  {"cohort": self.cohort, "reference": {"count": len(self.reference)}})
-            engine.state.metrics = report_metrics(report)
-            if self._bar is not None:
-                self._bar.close()
+    def _finish(self, engine: Engine) -> None:
+        report = write_report(self.output_dir, self.samples, self.reference, self.standardizer,
+                              {"cohort": self.cohort, "reference": {"count": len(self.reference)}})
+        engine.state.metrics = report_metrics(report)
+        if self._bar is not None:
+            self._bar.close()
 
-        self._event_handlers[Events.EPOCH_COMPLETED].insert(0, (finish, (self,), {}))
+    def run_all(self):
         return self.run(list(range(len(self.entries))), max_epochs=1)
