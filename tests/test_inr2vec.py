@@ -242,3 +242,18 @@ def test_mask_fidelity_sees_a_dilated_myocardium_and_a_narrowed_cohort():
     assert summary["myo_voxels_cv_decoded_train"] < 0.5 * summary["myo_voxels_cv_true_train"]
     with pytest.raises(ValueError, match="different grids"):
         mask_fidelity(true[..., :2], true, (1.5, 1.5, 8.0))
+
+
+def test_the_final_decoder_is_the_default_checkpoint(tmp_path):
+    """Synthesis decodes the training latents' distribution: the final decoder (best on the training subjects)
+    is loaded by default, not model_best.pt (best held-out PSNR, which peaks early)."""
+    from lgesynth.engines.inr2vec_eval import find_checkpoint
+
+    with pytest.raises(DataError, match="no inr2vec checkpoint"):
+        find_checkpoint(tmp_path)
+    (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"")
+    assert find_checkpoint(tmp_path).name == "checkpoint_epoch=3.pt"
+    (tmp_path / "model_best.pt").write_bytes(b"")
+    assert find_checkpoint(tmp_path).name == "model_best.pt"
+    (tmp_path / "model_final.pt").write_bytes(b"")
+    assert find_checkpoint(tmp_path).name == "model_final.pt"
