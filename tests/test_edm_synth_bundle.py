@@ -72,6 +72,28 @@ def test_training_resumes_and_exports_a_self_contained_generator(trained):
     assert ref.ids == record["latents"]["ids"] and ref.latents.shape == (6, 512)
 
 
+def test_export_measures_the_training_subjects_own_volumes(trained):
+    """source.json: the training subjects re-made from their source files on the canonical grid, each at its own
+    voxel size, with their mid slices; the same numbers as measuring the files directly."""
+    from lgesynth.data.canonical import to_canonical
+    from lgesynth.data.datalist import load_datalist
+    from lgesynth.io import spacing_from_affine
+    from lgesynth.synth.features import volume_features
+    from lgesynth.viz import mid_slice
+
+    models = trained["models"]
+    record = json.loads((models / "generator.json").read_text())
+    source = CohortStats.load(models, "source")
+    assert source.ids == record["latents"]["ids"] and record["source"] == {"count": 6, "plausible_fraction": 1.0}
+    assert set(source.slices) == set(source.ids) and all(lab.shape == GRID[:2] for _, lab in source.slices.values())
+    entry = next(e for e in load_datalist(trained["datalist"], "training") if e["id"] == "p002")
+    case = to_canonical(entry["image"], entry["label"], record["grid"])
+    want = volume_features(case.image, case.label, spacing_from_affine(case.affine))
+    got = source.features[source.ids.index("p002")]
+    assert got == pytest.approx(want, nan_ok=True) and got["myocardial_volume_ml"] == pytest.approx(512 * 1.5 * 1.5 * 8 / 1000, rel=0.1)
+    np.testing.assert_array_equal(source.slices["p002"][1], case.label[..., mid_slice(case.label)])
+
+
 def test_training_is_tracked_in_mlflow(trained):
     import mlflow
 
@@ -86,7 +108,8 @@ def test_training_is_tracked_in_mlflow(trained):
 
 def test_latents_of_another_encoder_are_refused(trained, tmp_path):
     from lgesynth.edm import EMA, EDMPrecond, LatentDenoiser
-    from lgesynth.engines.edm import EdmData, GeneratorExporter
+    from lgesynth.engines.edm import EdmData
+    from lgesynth.engines.edm_export import GeneratorExporter
     from lgesynth.inr2vec.latents import load_latents, save_latents
 
     lat = load_latents(trained["inr2vec"])
@@ -134,6 +157,15 @@ def test_inference_writes_a_cohort_from_the_bundle_alone(cohort):
     assert {"myocardial_volume_ml", "wall_thickness_mm", "scar_burden"} <= set(report["features"])
     assert {"ks_statistic", "ks_pvalue"} <= set(report["features"]["myocardial_volume_ml"])
     assert {"latent_distance", "dice_distance"} <= set(report["diversity"])
+    assert report["source"]["available"] and report["num_source"] == 6
+    assert report["features"]["myocardial_volume_ml"]["sd_ratio"] is None  # the conftest rings all have one size
+    row = report["features"]["scar_burden"]                                 # half of them a scar
+    assert row["sd_ratio"] == pytest.approx(row["sample_std"] / row["source_std"])
+    assert row["mean_shift_sd"] == pytest.approx((row["sample_mean"] - row["source_mean"]) / row["source_std"])
+    assert 0 <= row["ks_source_statistic"] <= 1 and row["ks_source_pvalue"] is not None
+    assert (cohort / "nearest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["nearest"]["file"] == "nearest.png"
+    named = {r["id"]: r["nn_image"] for r in report["memorisation"]["per_sample"]}
+    assert len(report["nearest"]["pairs"]) == 6 and all(p["training"] == named[p["sample"]] for p in report["nearest"]["pairs"])
 
 
 def test_same_seed_same_samples(trained, tmp_path):
@@ -166,10 +198,45 @@ def test_evaluate_reports_a_cohort_and_logs_the_figures(trained, cohort, tmp_pat
     assert REPORT_KEYS - {"rejected"} <= set(report) and report["num_reference"] == 6
     assert report["reference_plausible_fraction"] == 1.0  # the conftest rings are plausible
     assert report["features"]["contrast_blood_remote"]["reference_mean"] > 0.3  # blood 600 vs myocardium 150
+    for name in ("scar_burden", "contrast_blood_remote"):  # the datalist's training pairs are the source
+        row = report["features"][name]
+        assert row["reference_mean"] == pytest.approx(row["source_mean"]) and row["reference_shift_sd"] == pytest.approx(0.0, abs=1e-9)
+    assert report["reference"]["count"] == 6 and "real pairs" in report["reference"]["description"]
+    assert report["nearest"]["file"] == "nearest.png" and (tmp_path / "nearest.png").is_file()
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert len(runs) == 1 and "plausible_fraction" in runs[0].data.metrics
-    assert {"report.png", "report.json"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert len(runs) == 1 and {"plausible_fraction", "shift_sd_scar_burden", "sd_ratio_contrast_blood_remote",
+                               "ks_source_scar_burden"} <= set(runs[0].data.metrics)
+    assert {"report.png", "report.json", "nearest.png"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+def test_export_without_readable_source_files_still_works_and_the_report_says_so(trained, tmp_path, caplog):
+    from lgesynth.edm import EMA, EDMPrecond, LatentDenoiser
+    from lgesynth.engines.edm import EdmData
+    from lgesynth.engines.edm_export import GeneratorExporter
+    from lgesynth.synth.report import CohortEvaluator
+
+    inr2vec = tmp_path / "inr2vec"
+    shutil.copytree(trained["inr2vec"], inr2vec)
+    model = json.loads((inr2vec / "inr2vec_model.json").read_text())
+    (inr2vec / "inr2vec_model.json").write_text(json.dumps({**model, "bank": {**model["bank"], "dir": str(tmp_path / "gone")}}))
+    models = tmp_path / "models"
+    shutil.copytree(trained["models"], models)  # holds a source.json of the earlier export: it must not survive
+    data = EdmData(str(inr2vec))
+    torch.manual_seed(0)
+    ema = EMA(EDMPrecond(LatentDenoiser(dim=data.dim, hidden=16, blocks=1), data.sigma_data), decay=0.9)
+    with caplog.at_level("WARNING", logger="lgesynth.edm"):
+        GeneratorExporter(str(models), data, ema, str(inr2vec), sampler={"num_steps": 4}).export(0)
+    assert "source cohort not measured" in caplog.text and str(tmp_path / "gone") in caplog.text
+    record = json.loads((models / "generator.json").read_text())
+    assert str(tmp_path / "gone") in record["source"]["missing"] and not (models / "source.json").exists()
+    entries, report = _synthesize(models, tmp_path / "c", num_samples=3)
+    assert report["source"]["available"] is False and str(tmp_path / "gone") in report["source"]["reason"]
+    assert report["features"]["myocardial_volume_ml"]["source_mean"] is None and report["num_samples"] == 3
+    assert report["nearest"]["file"] is None and not (tmp_path / "c" / "nearest.png").exists()
+    evaluator = CohortEvaluator(str(tmp_path / "c" / "datalist.json"), str(models), str(tmp_path / "e"), progress=False)
+    evaluator.run_all()
+    assert json.loads((tmp_path / "e" / "report.json").read_text())["source"]["available"] is False
 
 
 # ------------------------------------------------------------------------------------------ scale: each sample its own size
@@ -181,7 +248,8 @@ SOURCE_SLICE_MM = 10.0
 def scaled(upstream):
     """The toy generator of the module doc: ``models`` (exported), ``spacing`` (48, 3) of its subjects."""
     from lgesynth.edm import EMA, EDMLoss, EDMPrecond, LatentDenoiser
-    from lgesynth.engines.edm import EdmData, EdmTrainer, GeneratorExporter
+    from lgesynth.engines.edm import EdmData, EdmTrainer
+    from lgesynth.engines.edm_export import GeneratorExporter
     from lgesynth.inr2vec.latents import Latents, save_latents
 
     root = upstream["root"] / "scaled"

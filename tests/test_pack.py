@@ -54,7 +54,8 @@ def test_zip_holds_configs_docs_and_the_generator_only(packed):
     names = set(zipfile.ZipFile(zip_path).namelist())
     configs = {f"edm_synth/configs/{p.name}" for p in EDM_CONFIGS.iterdir() if p.is_file()}
     models = {f"edm_synth/models/{n}" for n in ("generator.json", "edm_ema.safetensors", "standardizer.safetensors",
-                                                 "decoder.safetensors", "reference.json", "reference.safetensors")}
+                                                 "decoder.safetensors", "reference.json", "reference.safetensors",
+                                                 "source.json", "source.safetensors")}  # the report compares with both
     docs = {f"edm_synth/docs/{p.name}" for p in (EDM_CONFIGS.parent / "docs").iterdir() if p.is_file()}
     assert "edm_synth/docs/README.md" in docs  # and the figures the README shows
     assert names == configs | models | docs | {"edm_synth/large_files.yml"}

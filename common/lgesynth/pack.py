@@ -55,7 +55,8 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     """The files under ``models/`` that the bundle needs to run; ``DataError`` naming what is missing.
 
     A generator bundle (edm_synth, ``models/generator.json``): the record, the weights it lists and
-    the training-cohort statistics that the quality report compares with. A planned network
+    the training-cohort statistics that the quality report compares with (the decoded training cohort,
+    and the source cohort's own volumes when the export could read them). A planned network
     (scar_seg, ``models/plan.json``): ``model.pt`` and the plan that builds it. Any other bundle:
     MONAI's ``models/model.pt``. Each with ``models/model.ts`` when exported to TorchScript.
     """
@@ -70,6 +71,12 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
             if not (models / name).is_file():
                 raise DataError(models / name, "missing: the edm_synth train run writes it beside generator.json; "
                                 "copy the whole models folder of a finished run")
+        if "count" in record.get("source", {}):  # the source cohort's stats, when the export could read its files
+            for name in ("source.json", "source.safetensors"):
+                if not (models / name).is_file():
+                    raise DataError(models / name, "missing: generator.json lists the source-cohort stats; copy the "
+                                    "whole models folder of a finished run")
+                files.append(name)
     else:
         planned = (models / PLAN_JSON).is_file() or root.name == "scar_seg"
         files = ["model.pt", PLAN_JSON] if planned else ["model.pt"]

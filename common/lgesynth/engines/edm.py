@@ -1,14 +1,10 @@
-"""edm_synth training engines (the bundle's ``train#trainer``, ``validate#evaluator`` and the export).
+"""edm_synth training engines (the bundle's ``train#trainer`` and ``validate#evaluator``; the export at the
+end of training is ``engines.edm_export.GeneratorExporter``).
 
     EdmData            latents of one datalist section (+ log canonical voxel size), standardised; sigma_data;
                        condition vectors
     EdmTrainer         ignite engine: one iteration = one EDMLoss step on a batch of latents + EMA update
     EdmValidator       MONAI Evaluator: EDM loss of the EMA net at fixed noise levels and fixed noise
-    GeneratorExporter  at the end of training, writes everything generation needs into ``models_dir``
-                       (see ``synth/generator.py``): EMA weights, standardiser, sigma_data, the inr2vec
-                       decoder (not the encoder) + its architecture, grid, z extent, reference affine,
-                       scale dims and the training subjects' voxel sizes, the training-cohort stats of
-                       the quality report, and ``generator.json`` last
 
 Batches are a function of the iteration number only (``seed_of(seed, iteration)``), so a resumed run
 draws what the uninterrupted run would have drawn; under torch.distributed every rank draws the same
@@ -35,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.engines import Evaluator
 
 from lgesynth.edm import SCAR_PATTERNS, EDMLoss, LatentStandardizer, estimate_sigma_data, scar_condition
@@ -43,14 +39,13 @@ from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
 from lgesynth.engines.inr2vec import SubjectMean, shard_of_rank
 from lgesynth.errors import DataError
 from lgesynth.inr.sampling import seed_of
-from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, state_sha256, subject_spacing
-from lgesynth.io import atomic_path, write_json
-from lgesynth.synth.generator import FILES, GENERATOR_FORMAT, GENERATOR_JSON, SCALE_DIMS, condition_parts
+from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, subject_spacing
+from lgesynth.synth.generator import SCALE_DIMS, condition_parts
 
 logger = logging.getLogger("lgesynth.edm")
 
 
-def _latents_json(path: str | Path) -> Path:
+def latents_json(path: str | Path) -> Path:
     p = Path(path)
     return p.parent / LATENTS_JSON if p.suffix else p / LATENTS_JSON
 
@@ -109,7 +104,7 @@ class EdmData:
     def __init__(self, latents: str, section: str = "training", condition: str = "none",
                  device: str | torch.device = "cpu", eps: float = 1e-6, scale="auto"):
         self.path, self.device, self.condition = str(latents), torch.device(device), condition
-        where = _latents_json(latents)
+        where = latents_json(latents)
         lat = load_latents(latents)
         rows = lat.rows(section)
         if len(rows) < 2:
@@ -285,112 +280,3 @@ class EdmValidator(Evaluator):
             D = net(y + n * sigma, s, cond)
             losses.append((self.loss_fn.weight(s)[:, None] * (D - y) ** 2).mean(1))
         return {"loss": torch.stack(losses).mean(0)}
-
-
-class GeneratorExporter:
-    """At the end of training (``Events.COMPLETED``, rank 0), write the generator into ``models_dir``.
-
-    Args:
-        models_dir: the bundle's models folder (default in train.yaml: ``bundle_root/models``).
-        data: ``EdmData`` (standardiser, sigma_data, training latents and conditions).
-        ema: the EMA whose weights are exported.
-        inr2vec_dir: the inr2vec train output (``inr2vec_model.json`` + checkpoint): its decoder is
-            copied; its encoder must be the one that made the latents (checksum).
-        inr2vec_checkpoint: the inr2vec checkpoint (default ``find_checkpoint``).
-        sampler: defaults stored for inference (``num_steps``, ``sigma_min``, ``sigma_max``, ``rho``).
-        decode_batch: latents decoded together for the training-cohort stats.
-        config: recorded in generator.json (training settings).
-    """
-
-    def __init__(self, models_dir: str, data: EdmData, ema, inr2vec_dir: str, inr2vec_checkpoint: str | None = None,
-                 sampler: dict | None = None, decode_batch: int = 8, config: dict | None = None, enabled: bool = True):
-        from lgesynth.engines.inr2vec_eval import load_trained
-
-        self.models_dir, self.data, self.ema = Path(models_dir), data, ema
-        self.sampler = {"num_steps": 32, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, **dict(sampler or {})}
-        self.decode_batch, self.config, self.enabled = int(decode_batch), dict(config or {}), bool(enabled)
-        self.inr2vec = load_trained(inr2vec_dir, inr2vec_checkpoint, "cpu")
-        sha = state_sha256(self.inr2vec.encoder)
-        if data.encoder_sha256 and data.encoder_sha256 != sha:
-            raise DataError(_latents_json(data.path), f"was encoded by another encoder than the one of the inr2vec model "
-                            f"in {inr2vec_dir} (checkpoint {self.inr2vec.checkpoint}); its decoder would not decode them: "
-                            "re-encode with that model or point inr2vec_dir at the model that encoded them")
-        if self.inr2vec.decoder.latent_dim != data.latent_dim:
-            raise DataError(_latents_json(data.path), f"latent_dim {data.latent_dim} differs from the inr2vec decoder's "
-                            f"{self.inr2vec.decoder.latent_dim} ({inr2vec_dir})")
-
-    def attach(self, engine: Engine) -> None:
-        if self.enabled:
-            engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        path = self.export(engine.state.iteration)
-        logger.info("generator written to %s", path)
-
-    def reference_stats(self):
-        """The training cohort as the decoder renders it on the canonical grid: features, plausibility,
-        masks, latents (n, latent_dim). Each subject is measured at its own canonical voxel size (the
-        reference one for subjects that do not record it), so physical volumes compare fairly with samples."""
-        from lgesynth.synth.generator import canonical_grid, decode_latents, reference_spacing
-        from lgesynth.synth.report import CohortStats
-
-        record = self.inr2vec.record
-        shape, _, coords = canonical_grid(record)
-        stats = CohortStats(shape, latents=self.data.w.clone())
-        spacing = self.data.spacing_mm if self.data.spacing_mm is not None else \
-            np.tile(reference_spacing(record), (len(self.data.ids), 1))
-        for rows, images, labels in decode_latents(self.inr2vec.decoder, self.data.w, coords, shape, self.decode_batch):
-            for r, image, label in zip(rows, images, labels):
-                stats.add(self.data.ids[r], image, label, spacing[r])
-        return stats
-
-    def scale_record(self) -> dict:
-        """generator.json's scale fields: ``scale_dims``; ``canonical_spacing_mm`` (min, median, max (3,) mm of
-        the training subjects, when known); ``source_slice_spacing_mm``, the median original slice spacing
-        of the training subjects (None when latents.json does not record ``source_spacing_mm``)."""
-        from lgesynth.inr2vec.latents import subject_spacing
-
-        out: dict = {"scale_dims": self.data.scale_dims, "source_slice_spacing_mm": None}
-        sp = self.data.spacing_mm
-        if sp is not None:
-            out["canonical_spacing_mm"] = {"min": sp.min(0).tolist(), "median": np.median(sp, 0).tolist(),
-                                           "max": sp.max(0).tolist()}
-        source = subject_spacing(self.data.subjects, "source_spacing_mm", _latents_json(self.data.path))
-        if source is not None:
-            out["source_slice_spacing_mm"] = float(np.median(source[:, 2]))
-        return out
-
-    def export(self, iteration: int | None = None) -> Path:
-        """Write the weights, the stats and, last, ``generator.json``; returns its path."""
-        from safetensors.torch import save_file
-
-        from lgesynth.engines.inr2vec import architecture
-
-        d = self.models_dir
-        d.mkdir(parents=True, exist_ok=True)
-        denoiser = self.ema.module.model
-        for key, module in (("denoiser", denoiser), ("decoder", self.inr2vec.decoder)):
-            state = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
-            with atomic_path(d / FILES[key]) as tmp:
-                save_file(state, str(tmp))
-        self.data.standardizer.cpu().save(d / FILES["standardizer"])
-        stats = self.reference_stats()
-        stats.save(d, "reference")
-        record = self.inr2vec.record
-        cond = self.data.cond
-        write_json(d / GENERATOR_JSON, {
-            "format": GENERATOR_FORMAT, "version": 1,
-            "denoiser": denoiser_architecture(denoiser), "sigma_data": self.data.sigma_data,
-            "condition": self.data.condition, "sampler": self.sampler,
-            "training_conditions": [] if cond is None else cond.cpu().tolist(),
-            "decoder": architecture(self.inr2vec.encoder, self.inr2vec.decoder)["decoder"],
-            "grid": record["grid"], "z_extent": record["z_extent"], "reference_affine": record["reference_affine"],
-            **self.scale_record(),
-            "files": dict(FILES),
-            "latents": {"path": self.data.path, "count": len(self.data.ids), "dim": self.data.latent_dim,
-                        "encoder_sha256": self.data.encoder_sha256, "ids": self.data.ids},
-            "inr2vec": {"checkpoint": self.inr2vec.checkpoint, "bank": record.get("bank", {})},
-            "reference": {"count": len(stats), "plausible_fraction": stats.plausible_fraction},
-            "training": {"iteration": iteration, "ema_halflife_kimg": self.ema.halflife_kimg, "ema_decay": self.ema.decay,
-                         **self.config}})
-        return d / GENERATOR_JSON

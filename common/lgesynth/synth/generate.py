@@ -3,7 +3,8 @@
 :class:`CohortSynthesizer` runs one iteration per batch of samples: it samples latents and canonical
 voxel sizes (``Generator.denoise`` + ``Generator.split``), decodes each sample over its own physical
 box (``sample_grid``) and writes ``imagesTr/syn_0001.nii.gz``, ``labelsTr/syn_0001.nii.gz`` with the
-sample's own affine, then ``latents.{safetensors,json}``, ``montage.png``, ``report.{json,png}`` and,
+sample's own affine, then ``latents.{safetensors,json}``, ``montage.png``, ``report.{json,png}``,
+``nearest.png`` (``synth.report``: samples against the source cohort and the decoded training cohort) and,
 last, ``datalist.json``. Each sample's ``canonical_spacing_mm`` (the voxel size it was generated with)
 and ``spacing_mm`` (the voxel size it was written at) are recorded in its datalist entry and its
 latents.json record.
@@ -70,7 +71,8 @@ class CohortSynthesizer(Engine):
         batch_size: samples per iteration (sampled together, decoded ``decode_batch`` at a time).
         reject_implausible: also list samples failing the ring checks under ``rejected``.
         montage_samples: panels in ``montage.png``.
-        reference_datalist: real training pairs for the report instead of the stored stats.
+        reference_datalist: real training pairs for the report instead of the stored decoded reference
+            (the comparison with the stored source stats stays).
     """
 
     def __init__(self, models_dir: str, output_dir: str, num_samples: int = 200, seed: int = 0,
@@ -78,7 +80,7 @@ class CohortSynthesizer(Engine):
                  spacing_mm=None, slices="source", batch_size: int = 32, decode_batch: int = 8, chunk: int = 32768,
                  reject_implausible: bool = False, montage_samples: int = 16, reference_datalist: str | None = None,
                  device: str | torch.device = "cpu", val_handlers=(), progress: bool = True):
-        from lgesynth.synth.report import CohortStats
+        from lgesynth.synth.report import NEAREST_SAMPLES, CohortStats
 
         super().__init__(self._process)
         self.gen = Generator(models_dir, device)
@@ -95,7 +97,7 @@ class CohortSynthesizer(Engine):
         self.request = {"scar_burden": scar_burden, "pattern": pattern}
         self.ids = [f"syn_{i + 1:04d}" for i in range(self.num_samples)]
         self.noise = torch.randn((self.num_samples, self.gen.model_dim), generator=torch.Generator().manual_seed(self.seed))
-        self.stats = CohortStats(tuple(self.gen.record["grid"]["shape"]))
+        self.stats = CohortStats(tuple(self.gen.record["grid"]["shape"]), keep_slices=NEAREST_SAMPLES)
         self.latents: list[torch.Tensor] = []
         self.spacing: dict[int, dict] = {}
         self.kept: list[dict] = []
@@ -154,7 +156,7 @@ class CohortSynthesizer(Engine):
         """Latents, montage, report, then the datalist (it commits the cohort); returns the report."""
         from lgesynth.data.datalist import write_datalist
         from lgesynth.inr2vec.latents import Latents, save_latents
-        from lgesynth.synth.report import CohortStats, reference_from_datalist, write_report
+        from lgesynth.synth.report import comparison_cohorts, write_report
         from lgesynth.viz import save_montage
 
         w = torch.cat(self.latents) if self.latents else torch.zeros(0, self.gen.dim)
@@ -168,14 +170,13 @@ class CohortSynthesizer(Engine):
         if self.panels:
             save_montage(self.output_dir / "montage.png", [p[0] for p in self.panels], [p[1] for p in self.panels],
                          [p[2] for p in self.panels])
-        stored = CohortStats.load(self.models_dir)
-        reference = (reference_from_datalist(self.reference_datalist, self.gen.record["grid"], latents=stored.latents)
-                     if self.reference_datalist else stored)
+        reference, reference_info, source, source_missing = comparison_cohorts(self.models_dir, self.gen.record,
+                                                                               self.reference_datalist)
         report = write_report(self.output_dir, self.stats, reference, self.gen.standardizer.cpu(), {
             "rejected": len(self.rejected), "kept": len(self.kept), "num_steps": self.num_steps, "seed": self.seed,
             "guidance": self.guidance, "condition": self.gen.condition, "scale_dims": self.gen.scale_dims,
             "slice_spacing_mm": self.slice_spacing_mm, "canonical_spacing_mm": self.spacing_summary(),
-            "reference": {"source": self.reference_datalist or "training-cohort stats in models_dir", "count": len(reference)}})
+            "reference": reference_info}, source, source_missing)
         rel = [{**e, "image": f"imagesTr/{e['id']}.nii.gz", "label": f"labelsTr/{e['id']}.nii.gz"} for e in self.rejected]
         write_datalist(self.output_dir / "datalist.json", self.kept, [], rejected=rel,
                        source={**settings, "condition": self.gen.condition,
