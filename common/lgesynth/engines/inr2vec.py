@@ -45,6 +45,7 @@ from monai.engines import Evaluator
 from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonical
 from lgesynth.data.cohort import case_targets
 from lgesynth.data.datalist import stratified_split
+from lgesynth.flags import flag
 from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank, load_init
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.fit import resolve_dtype
@@ -210,14 +211,16 @@ class Inr2VecTrainer(Engine):
         self.output_dir = Path(output_dir)
         self.steps, self.epoch_length = int(steps), int(epoch_length)
         self.subjects_per_batch, self.points = int(subjects_per_batch), int(points)
-        if bf16 == "auto":  # bf16 autocast only where the hardware has fast bf16 GEMMs (emulated it is slower)
+        if str(bf16).lower() == "auto":  # bf16 autocast only where the hardware has fast bf16 GEMMs (emulated it is slower)
             bf16 = resolve_dtype("auto", data.device) == torch.bfloat16
-        self.permute_prob, self.noise, self.bf16, self.grad_clip = float(permute_prob), float(noise), bool(bf16), grad_clip
+        self.permute_prob, self.noise, self.grad_clip = float(permute_prob), float(noise), grad_clip
+        self.bf16 = flag(bf16, "bf16")
         self.seed = int(seed)
         self.rank, self.world = shard or shard_of_rank()
         self.config = dict(config or {})
         self.sampler = PointSampler(data.coords, data.targets["train"], self.points, focus_fraction, focus=focus)
-        self.focus, self.focus_fraction, self.importance_weights = focus, float(focus_fraction), bool(importance_weights)
+        self.focus, self.focus_fraction = focus, float(focus_fraction)
+        self.importance_weights = flag(importance_weights, "importance_weights")
         for handler in train_handlers or ():
             handler.attach(self)
         self.add_event_handler(Events.STARTED, self._write_record)

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lgesynth.data.datalist import load_datalist
 from lgesynth.errors import DataError
+from lgesynth.flags import flag
 from lgesynth.seg.plan import calibrate_plan, load_plan, make_plan, write_plan
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -225,7 +226,7 @@ class MixedSampler(DistributedSampler):
     def __init__(self, dataset, n_real: int, ratio=0.5, num_samples: int | None = None,
                  num_replicas: int = 1, rank: int = 0, seed: int = 0, sample_seeds: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.sample_seeds = bool(sample_seeds)
+        self.sample_seeds = flag(sample_seeds, "sample_seeds")
         self.n_real, self.n_synthetic = int(n_real), len(dataset) - int(n_real)
         if self.n_real + self.n_synthetic == 0:
             raise ValueError("no training cases: the datalist's training section and the synthetic datalist are empty")

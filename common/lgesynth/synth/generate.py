@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from lgesynth.flags import flag
 from lgesynth.io import save_nifti, spacing_from_affine
 from lgesynth.synth.generator import (CONDITIONS, FILES, GENERATOR_FORMAT, GENERATOR_JSON, Generator, bundle_root,
                                       canonical_grid, centred_affine, condition_parts, decode_latents, decode_samples,
@@ -88,7 +89,7 @@ class CohortSynthesizer(Engine):
         self.num_samples, self.seed, self.guidance = int(num_samples), int(seed), float(guidance)
         self.num_steps = int(num_steps) if num_steps else int(self.gen.record.get("sampler", {}).get("num_steps", 32))
         self.batch_size, self.decode_batch, self.chunk = max(1, int(batch_size)), int(decode_batch), int(chunk)
-        self.reject_implausible, self.montage_samples = bool(reject_implausible), int(montage_samples)
+        self.reject_implausible, self.montage_samples = flag(reject_implausible, "reject_implausible"), int(montage_samples)
         self.reference_datalist = reference_datalist
         self.spacing_mm = None if spacing_mm is None else np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
         self.slice_spacing_mm = None if spacing_mm is not None else slice_spacing_of(self.gen.record, slices)
