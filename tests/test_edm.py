@@ -442,6 +442,47 @@ def test_validation_keeps_the_lowest_loss_as_best(tmp_path):
     assert validator.state.best_metric == pytest.approx(losses[best]) and validator.state.best_metric_epoch == best + 1
 
 
+class _EmpiricalDenoiser(torch.nn.Module):
+    """The ideal denoiser of the training set itself (Karras et al. eq. 57 on the empirical distribution):
+    a fully memorising EDM, whose samples are training points."""
+
+    def __init__(self, y: torch.Tensor):
+        super().__init__()
+        self.register_buffer("y", y)
+
+    def forward(self, x, sigma, cond=None):
+        y = self.y.to(x.dtype)
+        w = torch.softmax(-torch.cdist(x, y).square() / (2 * sigma.to(x.dtype).reshape(-1, 1).square()), dim=1)
+        return w @ y
+
+
+class _MeanDenoiser(torch.nn.Module):
+    def forward(self, x, sigma, cond=None):
+        return torch.zeros_like(x)  # standardised latents: every sample lands on the cohort mean
+
+
+def test_validation_measures_how_much_the_ema_copies_its_training_latents(tmp_path):
+    from types import SimpleNamespace
+
+    from lgesynth.engines.edm import EdmData, EdmValidator
+    from lgesynth.inr2vec.latents import Latents, save_latents
+
+    subjects = [{"id": f"t{i}", "section": "training"} for i in range(12)]
+    save_latents(tmp_path, Latents(torch.randn(12, 6, generator=torch.Generator().manual_seed(0)), subjects))
+    data = EdmData(str(tmp_path))
+    fractions = {}
+    for name, net in (("memorising", _EmpiricalDenoiser(data.z)), ("mean", _MeanDenoiser())):
+        validator = EdmValidator(data, SimpleNamespace(module=net), EDMLoss(sigma_data=data.sigma_data),
+                                 memorisation_samples=32, memorisation_steps=16)
+        validator.run()
+        fractions[name] = (validator.state.metrics["val_copy_fraction"], validator.state.metrics["val_nn_ratio"])
+    assert fractions["memorising"][0] > 0.9 and fractions["memorising"][1] < 0.05, fractions
+    assert fractions["mean"][0] == 0.0 and fractions["mean"][1] > 0.5, fractions
+    off = EdmValidator(data, SimpleNamespace(module=_MeanDenoiser()), EDMLoss(sigma_data=data.sigma_data), memorisation_samples=0)
+    off.run()
+    assert "val_copy_fraction" not in off.state.metrics
+
+
 # ------------------------------------------------------------------------------------------------
 # Scale: log canonical voxel size modelled after the latent
 

@@ -54,6 +54,7 @@ def test_training_resumes_and_exports_a_self_contained_generator(trained):
     assert [e["iteration"] for e in first] == [10, 20]
     assert [e["iteration"] for e in log] == [10, 20, 30, 40]  # continued at iteration 21, not from scratch
     assert log[-1]["val_loss"] < log[0]["val_loss"]  # EMA loss at fixed sigmas and noise
+    assert all(0 <= e["val_copy_fraction"] <= 1 and e["val_nn_ratio"] > 0 for e in log)  # memorisation, every validation
     ckpt = torch.load(out / "checkpoint_epoch=4.pt", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 40 and {"denoiser", "ema", "optimizer", "lr_scheduler"} <= set(ckpt)
     record = json.loads((models / "generator.json").read_text())

@@ -36,7 +36,7 @@ from monai.engines import Evaluator
 
 from lgesynth.edm import SCAR_PATTERNS, EDMLoss, LatentStandardizer, estimate_sigma_data, scar_condition
 from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
-from lgesynth.engines.inr2vec import SubjectMean, shard_of_rank
+from lgesynth.engines.inr2vec import SubjectMean, SubjectMedian, shard_of_rank
 from lgesynth.errors import DataError
 from lgesynth.inr.sampling import seed_of
 from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, subject_spacing
@@ -254,15 +254,30 @@ def _lower_is_better(current: float, best: float) -> bool:
 
 
 class EdmValidator(Evaluator):
-    """EDM loss of the EMA denoiser on the validation latents (the training ones when there are none), at
-    ``num_sigmas`` fixed noise levels (quantiles of p_train) with fixed noise: ``state.metrics["val_loss"]``."""
+    """The EMA denoiser at every validation: its EDM loss on the validation latents (the training ones when
+    there are none) at ``num_sigmas`` fixed noise levels (quantiles of p_train) with fixed noise
+    (``state.metrics["val_loss"]``), and how much of what it samples copies a training subject:
+    ``memorisation_samples`` latents from fixed noise (``memorisation_steps`` Heun steps, conditions drawn
+    from the training subjects'), each flagged when its nearest training latent (standardised, scale dims
+    left out) is nearer than ``COPY_RATIO`` of its mean distance to its ``COPY_NEIGHBOURS`` nearest, the
+    quality report's latent-space rule: ``val_copy_fraction`` and ``val_nn_ratio`` (the samples' median
+    ratio; it falls towards 0 as the EDM memorises its training set). ``memorisation_samples`` 0: off."""
 
     def __init__(self, data: EdmData, ema, loss_fn: EDMLoss, device: str | torch.device = "cpu", num_sigmas: int = 8,
-                 seed: int = 12345, val_handlers=None):
+                 seed: int = 12345, val_handlers=None, memorisation_samples: int = 64, memorisation_steps: int = 12):
+        extra = {"val_copy_fraction": SubjectMean("copy"), "val_nn_ratio": SubjectMedian("nn_ratio")} \
+            if memorisation_samples > 0 else None
         super().__init__(device=device, val_data_loader=[0], epoch_length=1, decollate=False,
-                         key_val_metric={"val_loss": SubjectMean("loss")}, val_handlers=val_handlers,
-                         metric_cmp_fn=_lower_is_better)
+                         key_val_metric={"val_loss": SubjectMean("loss")}, additional_metrics=extra,
+                         val_handlers=val_handlers, metric_cmp_fn=_lower_is_better)
         self.data, self.ema, self.loss_fn = data, ema, loss_fn
+        self.memorisation_steps = int(memorisation_steps)
+        g = torch.Generator().manual_seed(seed + 1)
+        self.sample_noise = torch.randn((int(memorisation_samples), data.dim), generator=g).to(data.z.device)
+        self.sample_cond = None
+        if data.cond is not None and memorisation_samples > 0:
+            pick = torch.randint(len(data.cond), (int(memorisation_samples),), generator=g)
+            self.sample_cond = data.cond[pick.to(data.cond.device)]
         from scipy.stats import norm
 
         q = (np.arange(num_sigmas) + 0.5) / num_sigmas
@@ -279,4 +294,18 @@ class EdmValidator(Evaluator):
             s = sigma.expand(y.shape[0])
             D = net(y + n * sigma, s, cond)
             losses.append((self.loss_fn.weight(s)[:, None] * (D - y) ** 2).mean(1))
-        return {"loss": torch.stack(losses).mean(0)}
+        return {"loss": torch.stack(losses).mean(0), **self.memorisation(net)}
+
+    @torch.no_grad()
+    def memorisation(self, net) -> dict:
+        """``copy`` (n,) 0/1 and ``nn_ratio`` (n,) of the fixed-noise samples (class doc); {} when off."""
+        if not len(self.sample_noise):
+            return {}
+        from lgesynth.edm import edm_sampler
+        from lgesynth.synth.memorisation import latent_distances, nearest_neighbours
+
+        x = edm_sampler(net, self.sample_noise, num_steps=self.memorisation_steps, cond=self.sample_cond)
+        k = self.data.latent_dim
+        train = self.data.z[:, :k].cpu()
+        nb = nearest_neighbours(latent_distances(x[:, :k].cpu(), train), latent_distances(train, train))
+        return {"copy": torch.from_numpy(nb["close"].astype(np.float32)), "nn_ratio": torch.from_numpy(nb["nn_ratio"])}

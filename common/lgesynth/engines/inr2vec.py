@@ -300,6 +300,14 @@ class SubjectMean(Metric):
         return float(v.mean()) if v.numel() else float("nan")
 
 
+class SubjectMedian(SubjectMean):
+    """Median over subjects of ``output[key]``, NaN entries skipped."""
+
+    def compute(self) -> float:
+        v = torch.cat(self._values) if self._values else torch.zeros(0)
+        return float(v.median()) if v.numel() else float("nan")
+
+
 class Inr2VecValidator(Evaluator):
     """Reconstruction of the val subjects on the full canonical grid; one iteration per ``batch`` subjects.
 
