@@ -68,9 +68,11 @@ def write_report(out: str | Path, title: str = "lgesynth pipeline") -> Path:
         ("Cohort fingerprint", _fingerprint(_json(out / "data" / "fingerprint.json")) + _img(out / "data" / "montage.png", "cohort montage")),
         ("INR fit quality (inr_fit)", _table(_json(out / "inr_fit" / "fit_summary.json") or {})),
         ("Round trip bank → latent → volume (inr2vec)", _table(_json(out / "inr2vec" / "eval" / "inr2vec_metrics.json") or {})
-         + _img(out / "inr2vec" / "eval" / "inr2vec_montage.png", "source vs reconstruction")),
+         + _img(out / "inr2vec" / "eval" / "inr2vec_montage.png", "source vs reconstruction")
+         + _img(out / "inr2vec" / "eval" / "inr2vec_fidelity.png", "decoded vs true myocardium per subject")),
         ("Synthetic cohort (edm_synth)", _table(_json(out / "synthetic" / "report.json") or {})
-         + _img(out / "synthetic" / "montage.png", "synthetic samples") + _img(out / "synthetic" / "report.png", "feature distributions")),
+         + _img(out / "synthetic" / "montage.png", "synthetic samples") + _img(out / "synthetic" / "report.png", "feature distributions")
+         + _img(out / "synthetic" / "nearest.png", "samples beside their nearest training subject")),
         ("Does it help the segmenter? (scar_seg)", _comparison(_json(out / "experiment" / "comparison.json"))
          + _img(out / "experiment" / "comparison.png", "Dice per region, 95 % CI")),
         ("Wall time per stage (s)", _table(_json(out / "stage_times.json") or {})),
