@@ -38,6 +38,7 @@ from lgesynth.edm import SCAR_PATTERNS, EDMLoss, LatentStandardizer, estimate_si
 from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
 from lgesynth.engines.inr2vec import SubjectMean, SubjectMedian, shard_of_rank
 from lgesynth.errors import DataError
+from lgesynth.flags import flag
 from lgesynth.inr.sampling import seed_of
 from lgesynth.inr2vec.latents import LATENTS_JSON, load_latents, subject_spacing
 from lgesynth.synth.generator import SCALE_DIMS, condition_parts
@@ -77,12 +78,15 @@ def condition_vectors(subjects: list[dict], condition: str, where: str | Path | 
 
 
 def scale_mode(scale) -> str:
-    """``"auto"``, ``"on"`` or ``"off"`` from the config's ``scale`` (``auto``, true / false, on / off)."""
+    """``"auto"``, ``"on"`` or ``"off"`` from the config's ``scale``: ``auto``, None / ``none`` (off), or a
+    yes / no setting as ``lgesynth.flags.flag`` reads it."""
     key = str(scale).strip().lower()
-    modes = {"auto": "auto", "true": "on", "on": "on", "1": "on", "false": "off", "off": "off", "0": "off", "none": "off"}
-    if key not in modes:
-        raise ValueError(f"scale must be auto, true or false, got {scale!r}")
-    return modes[key]
+    if key in ("auto", "none"):
+        return "auto" if key == "auto" else "off"
+    try:
+        return "on" if flag(scale, "scale") else "off"
+    except ValueError:
+        raise ValueError(f"scale must be auto, true or false, got {scale!r}") from None
 
 
 class EdmData:
