@@ -9,7 +9,7 @@ writes into preallocated buffers. The focus (``focus=``):
 - ``"boundary"``: the voxels on either side of a mask edge, i.e. the in-plane one-voxel band
   ``dilate(m) & ~erode(m)`` (4-neighbourhood) of the myocardium and of the scar. The Dice of the decoded
   masks is lost and won at these edges, and intensity edges sit there too: on the benchmark's 8 subjects
-  the fit needed 305-310 subject-steps to target instead of 470 (inr_fit README, session 11). Needs
+  the fit needed 305-310 subject-steps to target instead of 470 (inr_fit README). Needs
   ``coords`` on a regular C-order grid (``canonical_coords``), whose shape it reads off the coordinates.
 
 **Importance weights** (``sample(..., with_weights=True)``): the draw over-represents the focus, so a
