@@ -90,10 +90,11 @@ def save_fidelity_figure(path: str | Path, rows: list[dict], roles=("train", "va
             continue
         t = np.asarray([r["myo_voxels_true"] for r in part], dtype=np.float64)
         d = np.asarray([r["myo_voxels_decoded"] for r in part], dtype=np.float64)
+        role_ratios = _finite([r["myo_ratio"] for r in part])
         top = max(top, float(t.max()), float(d.max()))
-        med = np.median(_finite([r["myo_ratio"] for r in part])) if _finite([r["myo_ratio"] for r in part]).size else np.nan
+        med = float(np.median(role_ratios)) if role_ratios.size else float("nan")
         scatter.scatter(t, d, s=10, color=colours.get(role), label=f"{role} (n={len(part)}, median x{med:.3f})")
-        hist.hist(_finite([r["myo_ratio"] for r in part]), bins=bins, alpha=0.5, color=colours.get(role), label=role)
+        hist.hist(role_ratios, bins=bins, alpha=0.5, color=colours.get(role), label=role)
     scatter.plot([0, top], [0, top], color="k", lw=0.8)
     scatter.set_xlabel("true myocardium (voxels)", fontsize=8)
     scatter.set_ylabel("decoded myocardium (voxels)", fontsize=8)
