@@ -416,6 +416,30 @@ def test_standardizer_fits_round_trips_and_saves(tmp_path):
         LatentStandardizer.fit(latents[:1])
 
 
+def test_span_standardizer_whitens_inside_the_cohorts_span_and_maps_anything_into_it(tmp_path):
+    # 12 subjects in 30 dims: they span 11 directions; the 20th dim is a copy of the 3rd (as the in-plane scale dims are)
+    latents = torch.randn(12, 30, generator=gen(1)) * torch.linspace(0.5, 3.0, 30) + 1.0
+    latents[:, 20] = latents[:, 3]
+    std = LatentStandardizer.fit(latents, components="span")
+    assert (std.dim, std.out_dim) == (30, 11)
+    z = std.standardize(latents)
+    torch.testing.assert_close(z.T @ z / 11, torch.eye(11), atol=1e-4, rtol=0)  # whitened, ddof 1
+    torch.testing.assert_close(std.destandardize(z), latents, atol=1e-4, rtol=0)  # the cohort lies in its span
+    # any model output maps to a vector in the span: it reproduces the training latents' exact relations
+    w = std.destandardize(torch.randn(500, 11, generator=gen(2)))
+    torch.testing.assert_close(w[:, 20], w[:, 3], atol=1e-4, rtol=0)
+    u = (w - latents.mean(0)) / latents.std(0)
+    coef = torch.linalg.lstsq(((latents - latents.mean(0)) / latents.std(0)).T, u.T).solution
+    torch.testing.assert_close(((latents - latents.mean(0)) / latents.std(0)).T @ coef, u.T, atol=1e-3, rtol=0)
+    assert LatentStandardizer.fit(latents, components=4).out_dim == 4
+    assert LatentStandardizer.fit(latents, components=50).out_dim == 11
+    assert LatentStandardizer.fit(latents).out_dim == 30
+    loaded = LatentStandardizer.load(std.save(tmp_path / "span.safetensors"))
+    torch.testing.assert_close(loaded.standardize(latents), z)
+    with pytest.raises(ValueError, match="components"):
+        LatentStandardizer.fit(latents, components="pca")
+
+
 
 def test_validation_keeps_the_lowest_loss_as_best(tmp_path):
     """The EDM validator's key metric is a loss. With MONAI's default comparison (greater is better, from
@@ -469,18 +493,52 @@ def test_validation_measures_how_much_the_ema_copies_its_training_latents(tmp_pa
 
     subjects = [{"id": f"t{i}", "section": "training"} for i in range(12)]
     save_latents(tmp_path, Latents(torch.randn(12, 6, generator=torch.Generator().manual_seed(0)), subjects))
-    data = EdmData(str(tmp_path))
-    fractions = {}
-    for name, net in (("memorising", _EmpiricalDenoiser(data.z)), ("mean", _MeanDenoiser())):
-        validator = EdmValidator(data, SimpleNamespace(module=net), EDMLoss(sigma_data=data.sigma_data),
-                                 memorisation_samples=32, memorisation_steps=16)
-        validator.run()
-        fractions[name] = (validator.state.metrics["val_copy_fraction"], validator.state.metrics["val_nn_ratio"])
-    assert fractions["memorising"][0] > 0.9 and fractions["memorising"][1] < 0.05, fractions
-    assert fractions["mean"][0] == 0.0 and fractions["mean"][1] > 0.5, fractions
+    for components in ("all", "span"):  # the measure is taken on latents, whatever space the EDM models
+        data = EdmData(str(tmp_path), components=components)
+        fractions = {}
+        for name, net in (("memorising", _EmpiricalDenoiser(data.z)), ("mean", _MeanDenoiser())):
+            validator = EdmValidator(data, SimpleNamespace(module=net), EDMLoss(sigma_data=data.sigma_data),
+                                     memorisation_samples=32, memorisation_steps=16)
+            validator.run()
+            fractions[name] = (validator.state.metrics["val_copy_fraction"], validator.state.metrics["val_nn_ratio"])
+        assert fractions["memorising"][0] > 0.9 and fractions["memorising"][1] < 0.05, (components, fractions)
+        assert fractions["mean"][0] == 0.0 and fractions["mean"][1] > 0.5, (components, fractions)
     off = EdmValidator(data, SimpleNamespace(module=_MeanDenoiser()), EDMLoss(sigma_data=data.sigma_data), memorisation_samples=0)
     off.run()
     assert "val_copy_fraction" not in off.state.metrics
+
+
+def test_memorisation_stop_ends_training_with_the_last_ema_below_the_copy_limit(tmp_path):
+    from ignite.engine import Engine, Events
+
+    from lgesynth.engines.edm_stop import KEPT_EMA, MemorisationStop
+
+    model = torch.nn.Linear(3, 3)
+    ema = EMA(model, decay=0.0)  # follows the model exactly
+    fractions = iter([0.0, 0.02, 0.5, 0.01, 0.9, 0.9])  # the 4th validates the restored EMA
+    validator = Engine(lambda e, b: None)
+    validator.add_event_handler(Events.COMPLETED, lambda e: e.state.metrics.update(val_copy_fraction=next(fractions)))
+
+    def step(engine, _):
+        with torch.no_grad():
+            model.weight.add_(1.0)  # weight = initial + iteration
+        ema.update_parameters(model)
+
+    trainer = Engine(step)
+    initial = model.weight.detach().clone()
+    stop = MemorisationStop(validator, ema, tmp_path, max_copy_fraction=0.05)
+    stop.attach(trainer)  # before the validation, as in train.yaml
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))
+    trainer.run(range(2), max_epochs=10)
+    # validations after epochs 1, 2 (kept), 3 (0.5: asks); every rank stops at the end of epoch 4
+    assert trainer.state.epoch == 4 and (tmp_path / KEPT_EMA).is_file()
+    assert next(fractions) == 0.9 and next(fractions) == 0.9  # epoch 4 validated the restored EMA (0.01): the record keeps step 4
+    torch.testing.assert_close(ema.module.weight, initial + 4.0)  # the EMA of iteration 4 (epoch 2) is restored
+    assert trainer.state.memorisation_stop == {"max_copy_fraction": 0.05, "stopped": True, "iteration": 4,
+                                               "copy_fraction": 0.02, "first_copying_iteration": 6,
+                                               "first_copying_fraction": 0.5}
+    with pytest.raises(ValueError, match="max_copy_fraction"):
+        MemorisationStop(validator, ema, tmp_path, max_copy_fraction=1.5)
 
 
 # ------------------------------------------------------------------------------------------------

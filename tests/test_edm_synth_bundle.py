@@ -61,6 +61,7 @@ def test_training_resumes_and_exports_a_self_contained_generator(trained):
     assert record["grid"]["shape"] == list(GRID) and record["condition"] == "none" and record["sigma_data"] > 0
     assert np.asarray(record["reference_affine"]).shape == (4, 4)
     assert record["scale_dims"] == 3 and record["denoiser"]["dim"] == 512 + 3  # latents.json records the spacings
+    assert record["modelled_dims"] == "per dimension" and record["memorisation_stop"]["max_copy_fraction"] == 0.05
     assert record["source_slice_spacing_mm"] == 8.0 and record["latents"]["dim"] == 512  # conftest stacks: 8 mm slices
     assert record["latents"]["ids"] == [f"p{i:03d}" for i in range(1, 7)]  # the training section only: p007 is test
     from safetensors.torch import load_file

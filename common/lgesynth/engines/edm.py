@@ -94,8 +94,8 @@ class EdmData:
 
     Attributes: ``w`` (n, latent_dim) raw latents; ``spacing_mm`` (n, 3) canonical voxel sizes in mm
     (None when a subject does not record one); ``scale_dims`` (3 when the EDM models the scale, else 0);
-    ``x`` (n, dim) what the EDM models, ``[w, log(spacing_mm)]`` or ``w``; ``z`` standardised ``x`` (on
-    ``device``); ``ids``, ``subjects``, ``standardizer`` (per dimension of ``x``), ``sigma_data``,
+    ``x`` (n, latent_dim + scale_dims) ``[w, log(spacing_mm)]`` or ``w``; ``z`` (n, dim) standardised
+    ``x``, what the EDM models (on ``device``); ``ids``, ``subjects``, ``standardizer``, ``sigma_data``,
     ``cond`` (n, cond_dim) or None, ``cond_dim``, ``z_val`` (the ``validation`` latents if any, else
     ``z``), ``encoder_sha256``, ``path``.
 
@@ -103,10 +103,12 @@ class EdmData:
         scale: ``auto`` (model the scale when every subject of ``section`` and ``validation`` records
             ``canonical_spacing_mm``), true (require it: ``DataError`` naming latents.json otherwise)
             or false.
+        components: the standardiser's span (``LatentStandardizer.fit``): ``all`` (per dimension),
+            ``span`` (whitened along the training cohort's principal axes) or an int.
     """
 
     def __init__(self, latents: str, section: str = "training", condition: str = "none",
-                 device: str | torch.device = "cpu", eps: float = 1e-6, scale="auto"):
+                 device: str | torch.device = "cpu", eps: float = 1e-6, scale="auto", components: int | str = "all"):
         self.path, self.device, self.condition = str(latents), torch.device(device), condition
         where = latents_json(latents)
         lat = load_latents(latents)
@@ -132,7 +134,10 @@ class EdmData:
             logger.warning("latents %s: not every subject records canonical_spacing_mm; the EDM models the latent only "
                            "and every sample gets the reference voxel size", latents)
         self.x = self._with_scale(self.w, self.spacing_mm)
-        self.standardizer = LatentStandardizer.fit(self.x, eps)
+        try:
+            self.standardizer = LatentStandardizer.fit(self.x, eps, components)
+        except ValueError as exc:
+            raise DataError(where, f"{len(rows)} {section} latents: {exc}") from None
         self.z = self.standardizer.standardize(self.x).float().to(self.device)
         self.sigma_data = estimate_sigma_data(self.z)
         if not self.sigma_data > 0:
@@ -146,8 +151,9 @@ class EdmData:
         self.z_val = self.standardizer.standardize(x_val).to(self.device) if val else self.z
         cond_val = condition_vectors(val_subjects, condition, where) if val else cond
         self.cond_val = None if cond_val is None else cond_val.to(self.device)
-        logger.info("latents %s: %d %s subjects, latent dim %d + %d scale dims, sigma_data %.4f, condition %s", latents,
-                    len(rows), section, self.w.shape[1], self.scale_dims, self.sigma_data, condition)
+        logger.info("latents %s: %d %s subjects, latent dim %d + %d scale dims, modelled in %d dims (%s), sigma_data %.4f, "
+                    "condition %s", latents, len(rows), section, self.w.shape[1], self.scale_dims, self.dim,
+                    "per dimension" if self.standardizer.basis is None else "the cohort's span", self.sigma_data, condition)
 
     def _with_scale(self, w: torch.Tensor, spacing_mm: np.ndarray | None) -> torch.Tensor:
         """(n, latent_dim) -> (n, dim): ``[w, log(spacing_mm)]`` with scale dims, else ``w``."""
@@ -157,8 +163,8 @@ class EdmData:
 
     @property
     def dim(self) -> int:
-        """What the EDM models: latent_dim + scale_dims."""
-        return int(self.x.shape[1])
+        """What the EDM models: latent_dim + scale_dims, or the span's k dims."""
+        return int(self.z.shape[1])
 
     @property
     def latent_dim(self) -> int:
@@ -309,7 +315,8 @@ class EdmValidator(Evaluator):
         from lgesynth.synth.memorisation import latent_distances, nearest_neighbours
 
         x = edm_sampler(net, self.sample_noise, num_steps=self.memorisation_steps, cond=self.sample_cond)
-        k = self.data.latent_dim
-        train = self.data.z[:, :k].cpu()
-        nb = nearest_neighbours(latent_distances(x[:, :k].cpu(), train), latent_distances(train, train))
+        k, std = self.data.latent_dim, self.data.standardizer.cpu()
+        head = std.head(k)  # distances between per-dimension standardised latents, as the report takes them
+        samples, train = head.standardize(std.destandardize(x.cpu())[:, :k]), head.standardize(self.data.x[:, :k])
+        nb = nearest_neighbours(latent_distances(samples, train), latent_distances(train, train))
         return {"copy": torch.from_numpy(nb["close"].astype(np.float32)), "nn_ratio": torch.from_numpy(nb["nn_ratio"])}

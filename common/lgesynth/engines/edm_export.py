@@ -63,7 +63,7 @@ class GeneratorExporter:
             engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        path = self.export(engine.state.iteration)
+        path = self.export(engine.state.iteration, getattr(engine.state, "memorisation_stop", None))
         logger.info("generator written to %s", path)
 
     def reference_stats(self):
@@ -99,8 +99,9 @@ class GeneratorExporter:
             out["source_slice_spacing_mm"] = float(np.median(source[:, 2]))
         return out
 
-    def export(self, iteration: int | None = None) -> Path:
-        """Write the weights, the stats and, last, ``generator.json``; returns its path."""
+    def export(self, iteration: int | None = None, memorisation_stop: dict | None = None) -> Path:
+        """Write the weights, the stats and, last, ``generator.json`` (with ``memorisation_stop``, the
+        ``engines.edm_stop`` record, when given); returns its path."""
         from safetensors.torch import save_file
 
         from lgesynth.engines.inr2vec import architecture
@@ -127,6 +128,8 @@ class GeneratorExporter:
         write_json(d / GENERATOR_JSON, {
             "format": GENERATOR_FORMAT, "version": 1,
             "denoiser": denoiser_architecture(denoiser), "sigma_data": self.data.sigma_data,
+            "modelled_dims": "per dimension" if self.data.standardizer.basis is None else "span",
+            "memorisation_stop": memorisation_stop,
             "condition": self.data.condition, "sampler": self.sampler,
             "training_conditions": [] if cond is None else cond.cpu().tolist(),
             "decoder": architecture(self.inr2vec.encoder, self.inr2vec.decoder)["decoder"],

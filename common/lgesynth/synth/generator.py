@@ -7,7 +7,7 @@ The edm_synth bundle's ``models_dir`` holds everything this needs (written by th
                                decoder architecture, canonical grid, z extent, reference affine,
                                ``scale_dims``, ``source_slice_spacing_mm``, files
     edm_ema.safetensors        EMA weights of F_theta (the LatentDenoiser inside EDMPrecond)
-    standardizer.safetensors   per-dimension mean / std of what the EDM models
+    standardizer.safetensors   per-dimension mean / std (and the training cohort's span) of what the EDM models
     decoder.safetensors        the inr2vec implicit decoder (not the encoder)
     reference.{json,safetensors}  training-cohort stats for the quality report (``synth.report``)
 
@@ -185,7 +185,8 @@ class Generator:
 
     Attributes: ``record`` (generator.json), ``net`` (EDMPrecond, eval), ``standardizer``, ``decoder``,
     ``condition``, ``cond_dim``, ``scale_dims`` (0 or 3), ``dim`` (the latent the decoder takes),
-    ``model_dim`` (what the EDM models: dim + scale_dims).
+    ``vector_dim`` (latent + scale dims: what the standardiser maps back to), ``model_dim`` (what the EDM
+    models: ``vector_dim``, or the k dims of the training cohort's span).
     """
 
     def __init__(self, models_dir: str | Path, device: str | torch.device = "cpu"):
@@ -208,10 +209,11 @@ class Generator:
         self.condition = self.record.get("condition", "none")
         self.cond_dim = int(self.record["denoiser"].get("cond_dim", 0))
         self.scale_dims = int(self.record.get("scale_dims", 0))
-        if self.scale_dims not in (0, SCALE_DIMS) or self.standardizer.dim != self.model_dim or \
+        if self.scale_dims not in (0, SCALE_DIMS) or self.standardizer.out_dim != self.model_dim or \
                 int(getattr(self.decoder, "latent_dim", self.dim)) != self.dim:
             raise DataError(where, f"scale_dims {self.scale_dims} and denoiser dim {self.model_dim} do not fit the "
-                            f"standardiser ({self.standardizer.dim} dims) or the decoder; copy the whole models folder "
+                            f"standardiser ({self.standardizer.dim} -> {self.standardizer.out_dim} dims) or the decoder; "
+                            "copy the whole models folder "
                             "of one training run")
         bounds = self.record.get("canonical_spacing_mm", {})
         self.spacing_bounds = (np.asarray(bounds["min"]) / SPACING_RANGE, np.asarray(bounds["max"]) * SPACING_RANGE
@@ -222,11 +224,15 @@ class Generator:
         return int(self.record["denoiser"]["dim"])
 
     @property
+    def vector_dim(self) -> int:
+        return self.standardizer.dim
+
+    @property
     def dim(self) -> int:
-        return self.model_dim - self.scale_dims
+        return self.vector_dim - self.scale_dims
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """``x`` (n, model_dim) raw model vectors -> ``(w (n, dim) float32, canonical voxel size (n, 3) mm float64)``.
+        """``x`` (n, vector_dim) raw (destandardised) vectors -> ``(w (n, dim) float32, canonical voxel size (n, 3) mm float64)``.
 
         The voxel size is ``exp`` of the scale dims, clipped to [min / 2, max * 2] of the training
         subjects'; the reference voxel size for every row without scale dims.
@@ -293,7 +299,7 @@ class Generator:
         out = [self.denoise(noise[s: s + batch_size], num_steps, guidance,
                             None if cond is None else cond[s: s + batch_size], S_churn, churn)
                for s in range(0, n, batch_size)]
-        return self.split(torch.cat(out) if out else torch.zeros(0, self.model_dim))
+        return self.split(torch.cat(out) if out else torch.zeros(0, self.vector_dim))
 
     def sample(self, n: int, seed: int = 0, num_steps: int | None = None, guidance: float = 1.0,
                cond: torch.Tensor | None = None, batch_size: int = 64, S_churn: float = 0.0) -> torch.Tensor:
@@ -303,7 +309,7 @@ class Generator:
     @torch.no_grad()
     def denoise(self, noise: torch.Tensor, num_steps: int | None = None, guidance: float = 1.0,
                 cond: torch.Tensor | None = None, S_churn: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Heun sampling from unit ``noise`` (b, model_dim) in standardised space, destandardised: (b, model_dim) on CPU
+        """Heun sampling from unit ``noise`` (b, model_dim) in standardised space, destandardised: (b, vector_dim) on CPU
         (latent and log voxel size; :meth:`split` separates them).
 
         ``num_steps`` None: generator.json's default; the other sampler settings are generator.json's.
