@@ -216,8 +216,8 @@ def main(argv=None) -> dict:
     after = {k: v for k, v in machine().items() if k in ("load_average", "gemm_fp32_gflops")}
     print()
     print_table(rows)
-    print(f"\nfp32 GEMM {before['gemm_fp32_gflops']} -> {after['gemm_fp32_gflops']} GFLOP/s; load average "
-          f"{before['load_average']} -> {after['load_average']} (predicted: the plan's cost model for an idle 2-core CPU)")
+    print(f"\nfp32 GEMM {before['gemm_fp32_gflops']} -> {after['gemm_fp32_gflops']} GFLOP/s; runnable processes "
+          f"(1/5/15-min means) {before['load_average']} -> {after['load_average']} (predicted: the plan's cost model for an idle 2-core CPU)")
     result = {"machine_before": before, "machine_after": after,
               "cohort": args.datalist or {"median_spacing_mm": TYPICAL_COHORT[0], "median_shape": TYPICAL_COHORT[1]},
               "rows": rows, "argv": sys.argv[1:] if argv is None else list(argv)}

@@ -73,8 +73,8 @@ class FitConfig:
     check_every: int = 5  # training-batch metrics (free: the step's own forward) gate a stop every N steps
     # a stop check: the training-batch metrics within these margins of the targets, then the targets met on a
     # fixed random ``precheck_fraction`` of the grid (seeded; 1.0: off), then on the full grid (fp32, ~6 training
-    # steps' cost). The pre-check skips most full-grid evaluations that would fail (8 subjects: 10 instead of 32,
-    # the fit 1.2x faster; inr_fit README). A subject that fails is not checked again for ``recheck_after`` steps.
+    # steps' cost). The pre-check skips most full-grid evaluations that would fail (docs/experiments.md, inr_fit:
+    # the quarter-grid pre-check). A subject that fails is not checked again for ``recheck_after`` steps.
     gate_db: float = 0.5
     gate_dice: float = 0.02
     precheck_fraction: float = 0.25

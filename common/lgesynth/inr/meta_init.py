@@ -31,7 +31,7 @@ class MetaConfig:
     inner_steps: int = 8
     meta_batch: int = 8
     outer_lr: float = 1.0
-    points: int = 2048  # per subject per inner step; 8192 made an init as good at 4x the cost (inr_fit README)
+    points: int = 2048  # per subject per inner step; 8192 costs 4x (docs/experiments.md, inr_fit: 2048- or 8192-point init)
     seed: int = 0
 
     def to_dict(self) -> dict:

@@ -8,8 +8,8 @@ writes into preallocated buffers. The focus (``focus=``):
 - ``"myocardium"``: the myocardium voxels, so that thin scar is seen often enough to be learned;
 - ``"boundary"``: the voxels on either side of a mask edge, i.e. the in-plane one-voxel band
   ``dilate(m) & ~erode(m)`` (4-neighbourhood) of the myocardium and of the scar. The Dice of the decoded
-  masks is lost and won at these edges, and intensity edges sit there too: on the benchmark's 8 subjects
-  the fit needed 305-310 subject-steps to target instead of 470 (inr_fit README). Needs
+  masks is lost and won at these edges, and intensity edges sit there too (docs/experiments.md, inr_fit:
+  mask-edge points against myocardium points). Needs
   ``coords`` on a regular C-order grid (``canonical_coords``), whose shape it reads off the coordinates.
 
 **Importance weights** (``sample(..., with_weights=True)``): the draw over-represents the focus, so a
