@@ -26,8 +26,7 @@ from lgesynth.synth.generator import Generator, decode_samples, sample_grid
 
 def measure(gen: Generator, burden: float, n: int, seed: int, guidance: float) -> dict:
     cond, _ = gen.conditions(n, scar_burden=burden, seed=seed)
-    noise = torch.randn((n, gen.model_dim), generator=torch.Generator().manual_seed(seed))
-    w, spacing = gen.split(gen.denoise(noise, guidance=guidance, cond=cond))
+    w, spacing = gen.sample_with_spacing(n, seed=seed, guidance=guidance, cond=cond)
     grids = [sample_grid(gen.record, c) for c in spacing]
     measured, plausible = [], 0
     for i, _, label in decode_samples(gen.decoder, w, grids):

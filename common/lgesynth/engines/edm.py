@@ -288,6 +288,9 @@ class EdmValidator(Evaluator):
         if data.cond is not None and memorisation_samples > 0:
             pick = torch.randint(len(data.cond), (int(memorisation_samples),), generator=g)
             self.sample_cond = data.cond[pick.to(data.cond.device)]
+        # the training side of the memorisation measure, per-dimension standardised latents as the report takes them
+        self.latent_head = data.standardizer.head(data.latent_dim)
+        self.train_latents = self.latent_head.standardize(data.x[:, : data.latent_dim])
         from scipy.stats import norm
 
         q = (np.arange(num_sigmas) + 0.5) / num_sigmas
@@ -315,8 +318,7 @@ class EdmValidator(Evaluator):
         from lgesynth.synth.memorisation import latent_distances, nearest_neighbours
 
         x = edm_sampler(net, self.sample_noise, num_steps=self.memorisation_steps, cond=self.sample_cond)
-        k, std = self.data.latent_dim, self.data.standardizer.cpu()
-        head = std.head(k)  # distances between per-dimension standardised latents, as the report takes them
-        samples, train = head.standardize(std.destandardize(x.cpu())[:, :k]), head.standardize(self.data.x[:, :k])
-        nb = nearest_neighbours(latent_distances(samples, train), latent_distances(train, train))
+        w = self.data.standardizer.destandardize(x.cpu())[:, : self.data.latent_dim]
+        train = self.train_latents
+        nb = nearest_neighbours(latent_distances(self.latent_head.standardize(w), train), latent_distances(train, train))
         return {"copy": torch.from_numpy(nb["close"].astype(np.float32)), "nn_ratio": torch.from_numpy(nb["nn_ratio"])}

@@ -46,11 +46,11 @@ class MemorisationStop:
             raise ValueError(f"max_copy_fraction must be in [0, 1] or null, got {max_copy_fraction!r}")
         self.validator, self.ema, self.path = validator, ema, Path(folder) / KEPT_EMA
         self.max_copy_fraction = None if max_copy_fraction is None else float(max_copy_fraction)
+        self.pending: tuple[float, int] | None = None  # (copy fraction, step) of the validation that asked to stop (rank 0)
 
     def attach(self, trainer: Engine) -> None:
         if self.max_copy_fraction is None or self.max_copy_fraction >= 1.0:
             return
-        self.pending: tuple[float, int] | None = None  # (copy fraction, step) of the validation that asked to stop (rank 0)
         trainer.add_event_handler(Events.STARTED, self.start)
         self.validator.add_event_handler(Events.COMPLETED, self.check, trainer)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_if_asked)
