@@ -166,7 +166,7 @@ def _convert_emidec(case: _Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                        "(0 background, 1 cavity, 2 myocardium, 3 infarct, 4 no-reflow)")
     if not own:
         label = compose_label(np.isin(contour, EMIDEC_MYOCARDIUM), np.isin(contour, EMIDEC_SCAR))
-        own = label_problems(label)
+        own = label_problems(label, contour_affine)
     problems += _prefixed(contour_path, own)
     if problems:
         raise _CaseProblems(problems)
@@ -276,7 +276,7 @@ def _masks_converter(clip_scar: bool) -> Callable[[_Case], tuple[np.ndarray, np.
             warnings.warn(f"{case.sources['scar']}: {outside[0].split(';')[0]}; clipped to the myocardium (clip_scar=True)",
                           stacklevel=4)
         label = compose_label(myo, scar)  # scar outside the myocardium is dropped here
-        own = label_problems(label)
+        own = label_problems(label, affine)
         if own:
             raise _CaseProblems(_prefixed(case.sources["myocardium"], own))
         return image, affine, label

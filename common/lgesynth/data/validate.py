@@ -17,10 +17,15 @@ What is checked (all problems are errors; there are no warnings):
 - label values are a subset of {0 background, 1 healthy myocardium, 2 scar}; the myocardium
   (1 or 2) is not empty; scar (2) does not make up the whole myocardium (no 1 at all), which nearly
   always means a wrong label mapping (e.g. a binary mask stored as 2);
-- for datasets given as separate masks (:func:`check_masks`): scar is a subset of the myocardium.
+- no stray scar: every scar component (3D, 26-connected) touches healthy myocardium or lies within
+  ``SCAR_GAP_TOLERANCE_MM`` of it, in mm from the label's own affine (:func:`scar_component_problems`);
+  a scar blob in a corner of the volume is an annotation error;
+- for datasets given as separate masks (:func:`check_masks`): scar is a subset of the myocardium,
+  and no stray scar as above.
 
 With a single label map, scar lies inside the myocardium by construction, so "scar outside the
-myocardium" can only be checked on separate masks, which is what the importers see.
+myocardium" can only be checked on separate masks, which is what the importers see; a stray scar
+blob is the single-label-map form of the same mistake.
 
 The in-memory checks (``*_problems``) return problems *without* a path; the importers prefix the
 source file they read.
@@ -32,15 +37,18 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from lgesynth.data.datalist import load_datalist
-from lgesynth.data.labels import ALLOWED_LABELS, MYOCARDIUM, SCAR
+from lgesynth.data.labels import ALLOWED_LABELS, MYOCARDIUM, SCAR, compose_label
 from lgesynth.errors import DataError
 from lgesynth.io import load_nifti, spacing_from_affine
 
 IN_PLANE_SPACING_MM = (0.3, 5.0)
 SLICE_SPACING_MM = (0.5, 20.0)
 GRID_TOLERANCE_VOXELS = 0.01  # label and image grids may differ by 1 % of a voxel (float32 headers)
+SCAR_GAP_TOLERANCE_MM = 5.0  # a scar component further than this from healthy myocardium is stray (see below)
+SCAR_COMPONENTS_SHOWN = 5  # stray scar components listed one per line per file; the rest are counted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +129,10 @@ def _show(values) -> str:
     return ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in values)
 
 
-def label_problems(label: np.ndarray) -> list[str]:
-    """Values within {0, 1, 2}; non-empty myocardium; some healthy myocardium when there is scar."""
+def label_problems(label: np.ndarray, affine: np.ndarray | None = None) -> list[str]:
+    """Values within {0, 1, 2}; non-empty myocardium; some healthy myocardium when there is scar; and,
+    when the label's ``affine`` is given, no stray scar component (:func:`scar_component_problems`,
+    distances in mm need the spacing; without ``affine`` that check is skipped)."""
     label = np.asarray(label)
     values, counts = np.unique(label, return_counts=True)
     bad = ~np.isin(values, ALLOWED_LABELS)
@@ -136,7 +146,79 @@ def label_problems(label: np.ndarray) -> list[str]:
     if SCAR in present and MYOCARDIUM not in present:
         return ["the whole myocardium is scar (label 2 but no 1); check the label mapping "
                 "(1 healthy myocardium, 2 scar)"]
+    if affine is not None and SCAR in present:
+        return scar_component_problems(label, spacing_from_affine(np.asarray(affine, dtype=np.float64)))
     return []
+
+
+def scar_component_problems(label: np.ndarray, spacing_mm) -> list[str]:
+    """Scar (label 2) components that touch no healthy myocardium (label 1) and lie far from it.
+
+    Scar is part of the myocardium: an infarct is subendocardial or transmural and always borders
+    healthy myocardium, in plane or across slices. Even a scar covering the whole ring of a
+    short-axis slice touches the healthy myocardium of the neighbouring slices. So components are
+    taken in 3D with 26-connectivity, and a component 26-adjacent to a label-1 voxel (face, edge or
+    corner, in plane or in the next slice) is never reported, whatever the slice spacing (EMIDEC:
+    ~10 mm).
+
+    Otherwise the component's *gap* to healthy myocardium is measured: the shortest distance in mm
+    between the voxel boxes of a scar voxel and of a label-1 voxel, with the anisotropic spacing
+    (an exact 3D Euclidean distance transform with ``sampling=spacing_mm`` to the label-1 mask
+    dilated by one voxel in 26-connectivity; a 26-adjacent component has gap 0, and a neighbouring
+    slice costs nothing across the slice axis, only its in-plane offset counts). A component is
+    reported when its gap exceeds ``SCAR_GAP_TOLERANCE_MM`` = 5 mm. Why 5 mm: contour slop and
+    partial volume leave at most a voxel or two of background between a scar island and its
+    myocardium (1-2 in-plane voxels of 1.2-2 mm, i.e. under ~4 mm), and a whole-ring scar slice at
+    the apex whose neighbour's ring is slightly smaller or shifted sits one slice away with a gap of
+    about one in-plane voxel; both pass. A stray blob in a corner, the blood pool, the right
+    ventricle or the liver is tens of mm away, and a scar separated from healthy myocardium by a
+    whole slice without myocardium has a gap of at least the slice spacing (6-10 mm in LGE stacks);
+    both are annotation errors and are reported.
+
+    Args:
+        label: (x, y, z) label volume in {0, 1, 2}.
+        spacing_mm: voxel size along the label's axes (from its affine, ``spacing_from_affine``).
+    Returns:
+        One problem per reported component (largest first, at most ``SCAR_COMPONENTS_SHOWN``, then
+        one line counting the rest), each naming its size, a voxel index of it and the gap; ``[]``
+        when every scar component is attached, or when there is no scar or no healthy myocardium
+        (:func:`label_problems` reports the latter), or the label is not 3D or the spacing is invalid
+        (the spacing and grid checks report those).
+    """
+    label = np.asarray(label)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    if label.ndim != 3 or spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        return []
+    healthy, scar = label == MYOCARDIUM, label == SCAR
+    if not healthy.any() or not scar.any():
+        return []
+    cube = np.ones((3, 3, 3), dtype=bool)
+    components, n = ndimage.label(scar, structure=cube)
+    index = np.arange(1, n + 1)
+    near = ndimage.binary_dilation(healthy, structure=cube)  # healthy myocardium and its 26-neighbours
+    attached = np.asarray(ndimage.maximum(near, components, index), dtype=bool)
+    if attached.all():
+        return []
+    gap_mm = ndimage.distance_transform_edt(~near, sampling=spacing)
+    gaps = np.asarray(ndimage.minimum(gap_mm, components, index), dtype=np.float64)
+    stray = [int(i) for i in index[(~attached) & (gaps > SCAR_GAP_TOLERANCE_MM)]]
+    if not stray:
+        return []
+    sizes = ndimage.sum_labels(np.ones(label.shape, dtype=np.int64), components, stray)
+    order = sorted(range(len(stray)), key=lambda j: (-int(sizes[j]), stray[j]))
+    problems = []
+    for j in order[:SCAR_COMPONENTS_SHOWN]:
+        voxels = np.argwhere(components == stray[j])
+        at = tuple(int(v) for v in voxels[np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1))])
+        problems.append(f"scar component of {int(sizes[j])} voxels at voxel {at} touches no healthy myocardium "
+                        f"(nearest healthy myocardium {gaps[stray[j] - 1]:.1f} mm away, tolerance "
+                        f"{SCAR_GAP_TOLERANCE_MM:g} mm); a stray scar blob? scar (2) must lie in the myocardial "
+                        "wall: erase it or relabel it")
+    if len(order) > SCAR_COMPONENTS_SHOWN:
+        rest = order[SCAR_COMPONENTS_SHOWN:]
+        problems.append(f"{len(rest)} more stray scar components ({int(sum(sizes[j] for j in rest))} voxels) touch "
+                        f"no healthy myocardium (more than {SCAR_GAP_TOLERANCE_MM:g} mm from it)")
+    return problems
 
 
 def mask_problems(myocardium: np.ndarray, scar: np.ndarray) -> list[str]:
@@ -184,7 +266,7 @@ def check_pair(image_path: str | Path, label_path: str | Path) -> list[str]:
     if image is not None:
         problems += _prefixed(image_path, spacing_problems(image[0].shape, image[1]) + image_problems(image[0]))
     if label is not None:
-        own = finite_problems(label[0], "label") or label_problems(label[0])
+        own = finite_problems(label[0], "label") or label_problems(label[0], label[1])
         if image is not None:
             own = grid_problems(label[0].shape, label[1], image[0].shape, image[1], f"its image {image_path}") + own
         problems += _prefixed(label_path, own)
@@ -213,6 +295,9 @@ def check_masks(myocardium_path: str | Path, scar_path: str | Path, image_path: 
     scar_own += finite_problems(scar[0], "scar mask")
     if not myo_own and not scar_own:
         scar_own += mask_problems(myo[0], scar[0])
+    if not myo_own and not scar_own:
+        composed = compose_label(np.asarray(myo[0]) != 0, np.asarray(scar[0]) != 0)
+        scar_own += scar_component_problems(composed, spacing_from_affine(np.asarray(ref[1], dtype=np.float64)))
     return problems + _prefixed(myocardium_path, myo_own) + _prefixed(scar_path, scar_own)
 
 
