@@ -58,7 +58,7 @@ def machine_devices(args) -> list[str]:
 
 def random_generator(device):
     """Nets of the default sizes with random weights (output layers perturbed so F is not zero)."""
-    from lgesynth.data.canonical import canonical_coords
+    from lgesynth.data.canonical_coords import canonical_coords
     from lgesynth.edm import EDMPrecond, LatentDenoiser
     from lgesynth.inr2vec.decoder import ImplicitDecoder
 

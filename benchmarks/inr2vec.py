@@ -57,7 +57,7 @@ def timed(fn, repeat: int, device) -> float:
 
 
 def throughput(model, params, shape, z_extent: float, batch: int, bf16: bool, device, repeat: int) -> dict:
-    from lgesynth.data.canonical import canonical_coords
+    from lgesynth.data.canonical_coords import canonical_coords
     from lgesynth.inr2vec import encode_bank
 
     n = params[0].shape[0]

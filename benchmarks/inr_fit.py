@@ -45,7 +45,7 @@ CHECK_EVERY = 25
 # ----------------------------------------------------------------------------------------- cohorts
 def grid_coords(shape=GRID, z_extent: float = 1.0) -> torch.Tensor:
     """Canonical voxel centres, C-order flattened ``(X*Y*Z, 3)`` (``canonical.canonical_coords``)."""
-    from lgesynth.data.canonical import canonical_coords
+    from lgesynth.data.canonical_coords import canonical_coords
 
     return torch.as_tensor(canonical_coords(shape, z_extent), dtype=torch.float32)
 
@@ -91,7 +91,9 @@ def synthetic_cohort(n: int, shape=GRID, seed: int = 0) -> tuple[list[str], torc
 
 
 def _load_pair(image_path: Path, label_path: Path, emidec: bool, shape=GRID):
-    from lgesynth.data.canonical import CanonicalGrid, physical_aspect, to_canonical_arrays
+    from lgesynth.data.canonical import CanonicalGrid
+    from lgesynth.data.canonical_case import to_canonical_arrays
+    from lgesynth.data.canonical_coords import physical_aspect
     from lgesynth.io import load_nifti
 
     image, affine = load_nifti(image_path)
@@ -227,8 +229,9 @@ def _loop_method(targets, coords, spec, cap: int, device: str, points: int, seed
 
 
 def _reached(m, psnr_t=30.0, myo_t=0.95, scar_t=0.90) -> bool:
-    scar = float(m["dice_scar"][0])
-    return float(m["psnr"][0]) >= psnr_t and float(m["dice_myo"][0]) >= myo_t and (math.isnan(scar) or scar >= scar_t)
+    """``fit_metrics`` ``m`` of one subject at the targets (the scar target only with scar, as ``inr.fit``)."""
+    return (float(m["psnr"][0]) >= psnr_t and float(m["dice_myo"][0]) >= myo_t
+            and (not bool(m["has_scar"][0]) or float(m["dice_scar"][0]) >= scar_t))
 
 
 def _fit_method(targets, coords, spec, cfg, init) -> dict:

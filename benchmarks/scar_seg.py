@@ -9,7 +9,7 @@ Networks (``--configs``, comma-separated):
   ``--datalist`` (its training fingerprint), or by default a typical LGE cohort (median 160 x 160 x 12
   voxels at 1.47 x 1.47 x 7.3 mm, the 10-subject phantom of the bundle README);
 - ``nnunet``: nnU-Net's width (32...320 filters) at patch 96 x 96 x 8, batch 2, the reference the plan's
-  cost model was calibrated on (plan.MEASURED);
+  cost model was calibrated on (cost_model.MEASURED);
 - ``plan``: the plan file given with ``--plan``.
 Training step: what the bundle does per iteration: forward with deep supervision, Dice + CE on every
 head (the bundle's loss), backward, SGD (Nesterov); random data of the plan's batch and patch; the
@@ -42,7 +42,8 @@ NNUNET_REFERENCE = {"base_filters": 32, "patch": [96, 96, 8], "batch": 2}
 def plans(configs: list[str], datalist: str | None, plan_path: str | None) -> dict[str, dict]:
     """``{name: plan in the bundle's slice-last frame}`` for the requested configurations."""
     from lgesynth.seg.data import slice_last_plan
-    from lgesynth.seg.plan import load_plan, make_plan, seconds_per_iteration
+    from lgesynth.seg.cost_model import seconds_per_iteration
+    from lgesynth.seg.plan import load_plan, make_plan
 
     source = TYPICAL_COHORT
     if datalist:
@@ -103,7 +104,7 @@ def train_step_seconds(plan: dict, device: str, steps: int, warmup: int, seed: i
     from monai.losses import DeepSupervisionLoss, DiceCELoss
 
     from lgesynth.seg.engine_utils import DeepSupervisionHeads
-    from lgesynth.seg.plan import build_dynunet
+    from lgesynth.seg.network import build_dynunet
 
     torch.manual_seed(seed)
     net = build_dynunet(plan).to(device).train()
@@ -132,7 +133,7 @@ def inference_seconds(plan: dict, device: str, repeats: int, mirror_axes=()) -> 
     """Wall seconds of sliding-window inference over one volume of ``plan["volume_shape"]``
     (with ``mirror_axes``: the mean over those flips, as the bundle's configs infer by default)."""
     from lgesynth.seg.engine_utils import plan_inferer
-    from lgesynth.seg.plan import build_dynunet
+    from lgesynth.seg.network import build_dynunet
 
     net = build_dynunet(plan).to(device).eval()
     inferer = plan_inferer(plan, overlap=0.5, mode="gaussian", mirror_axes=mirror_axes)

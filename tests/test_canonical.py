@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from lgesynth.data.canonical import (
-    CanonicalGrid,
-    canonical_coords,
-    canonical_transforms,
-    coords_for_spacing,
-    denormalise_intensity,
-    from_canonical,
-    physical_aspect,
-    slice_last_orientation,
-    to_canonical,
-    to_canonical_arrays,
-)
+from lgesynth.data.canonical import CanonicalGrid, canonical_transforms
+from lgesynth.data.canonical_case import from_canonical, to_canonical, to_canonical_arrays
+from lgesynth.data.canonical_coords import canonical_coords, coords_for_spacing, physical_aspect
+from lgesynth.data.canonical_intensity import denormalise_intensity
+from lgesynth.data.canonical_orientation import slice_last_orientation
+from lgesynth.dice import dice
 from lgesynth.errors import DataError
 from lgesynth.io import save_nifti, spacing_from_affine
 
@@ -70,10 +64,6 @@ def rotated(affine, degrees=20.0):
     rot = np.eye(4)
     rot[:3, :3] = [[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]
     return rot @ affine
-
-
-def dice(a, b):
-    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
 def world_centroid(mask, affine):

@@ -77,7 +77,7 @@ def test_training_resumes_and_exports_a_self_contained_generator(trained):
 def test_export_measures_the_training_subjects_own_volumes(trained):
     """source.json: the training subjects re-made from their source files on the canonical grid, each at its own
     voxel size, with their mid slices; the same numbers as measuring the files directly."""
-    from lgesynth.data.canonical import to_canonical
+    from lgesynth.data.canonical_case import to_canonical
     from lgesynth.data.datalist import load_datalist
     from lgesynth.io import spacing_from_affine
     from lgesynth.synth.features import volume_features

@@ -158,7 +158,7 @@ def test_evaluate_writes_metrics_and_montage(trained):
 def test_refined_latents_fit_the_subjects_inr_better_and_repeat(trained):
     """Test-time refinement: lower loss against the subject's own INR than the encoder's latent, the
     same latents for the same seed, the decoder untouched, 0 steps = the encoder alone."""
-    from lgesynth.data.canonical import canonical_coords
+    from lgesynth.data.canonical_coords import canonical_coords
     from lgesynth.engines.inr2vec_eval import load_trained
     from lgesynth.inr.loss import joint_loss
     from lgesynth.inr2vec.refine import refine_latents

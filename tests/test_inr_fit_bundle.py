@@ -129,8 +129,10 @@ def test_evaluate_writes_per_subject_csv(fitted):
     rows = list(csv.DictReader(open(fitted["out"] / "fit_metrics.csv")))
     assert [r["id"] for r in rows] == load_bank(fitted["out"]).ids
     assert {"id", "psnr", "ssim", "dice_myo", "dice_scar"} <= set(rows[0])
-    assert rows[1]["dice_scar"] == "nan"  # p002 has no scar
+    assert rows[1]["dice_scar"] in ("nan", "0.0000")  # p002 has no scar: undefined, or 0 if its INR shows some
+    assert [s["has_scar"] for s in load_bank(fitted["out"]).subjects][:2] == [True, False]
     summary = json.loads((fitted["out"] / "fit_summary.json").read_text())
+    assert summary["dice_scar_undefined"] == sum(r["dice_scar"] == "nan" for r in rows)
     bank_psnr = [s["psnr"] for s in load_bank(fitted["out"]).subjects]
     assert summary["psnr_mean"] == pytest.approx(np.mean(bank_psnr), abs=0.05)  # same numbers as the fit
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lgesynth.data import phantom
-from lgesynth.data.phantom import make_phantom_cohort, sample_subject, subject_pattern
+from lgesynth.data import phantom_params as phantom
+from lgesynth.data.phantom_cohort import make_phantom_cohort, subject_pattern
+from lgesynth.data.phantom_subject import sample_subject
 from lgesynth.io import load_nifti, spacing_from_affine
 from lgesynth.viz import mid_slice, save_montage
 

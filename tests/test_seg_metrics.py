@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lgesynth.seg.metrics import dice, hd95_mm, regional_metrics, scar_burden
+from lgesynth.dice import dice
+from lgesynth.seg.metrics import hd95_mm, regional_metrics, scar_burden
 from lgesynth.seg.regions import REGIONS, split_thirds, third_sizes
 
 SPACING = (1.5, 1.5, 8.0)
@@ -75,9 +76,19 @@ def test_hd95_agrees_with_monai_on_shifted_ellipsoids():
 def test_empty_mask_conventions():
     empty, some = np.zeros((8, 8, 3), bool), np.zeros((8, 8, 3), bool)
     some[2:4, 2:4, 1] = True
-    assert dice(empty, empty) == 1.0 and hd95_mm(empty, empty, SPACING) == 0.0
+    assert math.isnan(dice(empty, empty)) and hd95_mm(empty, empty, SPACING) == 0.0
     assert dice(some, empty) == 0.0 and math.isnan(hd95_mm(some, empty, SPACING))
-    assert math.isnan(hd95_mm(empty, some, SPACING))
+    assert dice(empty, some) == 0.0 and math.isnan(hd95_mm(empty, some, SPACING))
+
+
+def test_scar_free_heart_has_no_scar_dice_unless_scar_is_predicted():
+    truth = np.where(cone_label() == 2, 1, cone_label())
+    m = regional_metrics(truth, truth, SPACING)
+    assert m["dice_myo"] == 1.0 and all(math.isnan(m[f"dice_scar{r}"]) for r in ("", "_basal", "_mid", "_apical"))
+    pred = truth.copy()
+    pred[..., 8][pred[..., 8] == 1] = 2  # scar predicted on one apical slice
+    m = regional_metrics(pred, truth, SPACING)
+    assert m["dice_scar"] == 0.0 and m["dice_scar_apical"] == 0.0 and math.isnan(m["dice_scar_basal"])
 
 
 def test_scar_burden_error_in_percentage_points():

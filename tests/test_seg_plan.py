@@ -10,18 +10,11 @@ import pytest
 import torch
 
 from lgesynth.errors import DataError
-from lgesynth.seg.plan import (
-    PLAN_FORMAT,
-    build_dynunet,
-    calibrate_plan,
-    load_plan,
-    make_plan,
-    measure_step_seconds,
-    pool_and_kernels,
-    refine_plan,
-    seconds_per_iteration,
-    write_plan,
-)
+from lgesynth.seg.cost_calibration import calibrate_plan, measure_step_seconds, refine_plan
+from lgesynth.seg.cost_model import seconds_per_iteration
+from lgesynth.seg.network import build_dynunet
+from lgesynth.seg.plan import PLAN_FORMAT, load_plan, make_plan, write_plan
+from lgesynth.seg.topology import pool_and_kernels
 
 ANISO = ((1.4, 1.4, 8.0), (160, 160, 10))
 

@@ -50,7 +50,8 @@ def _save(path, array, spacing=(1.5, 1.5, 8.0)):
 def test_min_scar_ml_is_chosen_on_validation_cases(tmp_path):
     """Validation cases: a scar-free heart predicted with a 2-voxel (0.036 ml) speck, and a heart whose
     72-voxel (1.3 ml) scar is predicted with 3 speck voxels beside it. Removing components < 0.05 ml
-    makes both perfect; 1.5 ml also removes the real scar; the smallest of the best wins."""
+    makes the scar perfect and leaves the scar-free heart without scar (Dice undefined, out of the mean);
+    1.5 ml also removes the real scar; the smallest of the best wins."""
     from lgesynth.errors import DataError
     from lgesynth.seg.postprocess import choose_min_scar_ml, prediction_path
 
@@ -69,12 +70,15 @@ def test_min_scar_ml_is_chosen_on_validation_cases(tmp_path):
 
     out = choose_min_scar_ml(cases[:2], preds, candidates=(1.5, 0.0, 0.05, 0.1))
     assert out["candidates"] == [0.0, 0.05, 0.1, 1.5]
-    assert out["mean_dice_scar"] == pytest.approx([0.5 * (0.0 + 2 * 72 / (72 + 75)), 1.0, 1.0, 0.5])
-    assert out["min_scar_ml"] == 0.05 and out["n_cases"] == 2
-    assert out["per_case"]["free"] == pytest.approx([0.0, 1.0, 1.0, 1.0])
+    assert out["mean_dice_scar"] == pytest.approx([0.5 * (0.0 + 2 * 72 / (72 + 75)), 1.0, 1.0, 0.0])
+    assert out["n_undefined"] == [0, 1, 1, 1] and out["min_scar_ml"] == 0.05 and out["n_cases"] == 2
+    assert out["per_case"]["free"] == [0.0, None, None, None]
     # a prediction already right: the clean-up would cut true specks, so none is chosen
     exact = choose_min_scar_ml(cases[2:], preds, candidates=(0.0, 0.05))
     assert exact["mean_dice_scar"][0] == 1.0 > exact["mean_dice_scar"][1] and exact["min_scar_ml"] == 0.0
+
+    free_only = choose_min_scar_ml(cases[:1], preds, candidates=(0.0, 0.05))
+    assert free_only["mean_dice_scar"] == [0.0, None] and free_only["min_scar_ml"] == 0.05  # no scar anywhere: Dice 1
 
     (preds / "free_seg.nii.gz").unlink()
     with pytest.raises(DataError, match="free_seg.nii.gz.*no prediction for validation case free"):

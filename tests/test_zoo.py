@@ -31,7 +31,8 @@ from conftest import SCAR_SEG_CONFIGS, monai_bundle_cli, run_bundle, serve_folde
 from lgesynth.errors import DataError
 from lgesynth.pack import pack_bundle
 from lgesynth.seg.data import slice_last_plan
-from lgesynth.seg.plan import build_dynunet, load_plan
+from lgesynth.seg.network import build_dynunet
+from lgesynth.seg.plan import load_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VERSION = json.loads((SCAR_SEG_CONFIGS / "metadata.json").read_text())["version"]

@@ -46,6 +46,7 @@ class LgesynthApp(MONAILabelApp):
         self.train_dir = Path(conf.get("scar_seg_train_dir", self.scar_seg)).resolve()
         self.edm_synth = Path(conf.get("edm_synth", REPO / "bundles" / EDM_SYNTH)).resolve()
         self.synthetic_samples = int(conf.get("synthetic_samples", 8))
+        self.scoring_names: list[str] = []  # set by init_scoring_methods (MONAI Label may not call it)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="lgesynth",
                          description="LGE scar segmentation (scar_seg) and synthetic LGE image + label pairs (edm_synth)",
                          version=lgesynth.__version__)
@@ -59,15 +60,18 @@ class LgesynthApp(MONAILabelApp):
         return {SCAR_SEG: ScarSegInfer(self.scar_seg, self.train_dir)}
 
     def init_scoring_methods(self) -> dict:
+        """The scoring methods (their names are kept in ``scoring_names``)."""
         needed = [self.edm_synth / "configs" / "inference.yaml", self.edm_synth / "models" / "generator.json"]
-        if not _ready(f"scoring method {EDM_SYNTH}", needed, "train the edm_synth bundle (or download a packed "
-                      "one) and pass its folder with --conf edm_synth DIR"):
-            return {}
-        return {EDM_SYNTH: SyntheticPairs(self.edm_synth, self.synthetic_samples)}
+        methods = {}
+        if _ready(f"scoring method {EDM_SYNTH}", needed, "train the edm_synth bundle (or download a packed "
+                  "one) and pass its folder with --conf edm_synth DIR"):
+            methods[EDM_SYNTH] = SyntheticPairs(self.edm_synth, self.synthetic_samples)
+        self.scoring_names = list(methods)
+        return methods
 
     def async_scoring(self, method, params=None):
         """MONAI Label runs every scoring method by itself (at start, after training, after next-sample);
         the generator runs only when asked for by name (``POST /scoring/edm_synth``)."""
         if method:
             return super().async_scoring(method, params)
-        return {m: super().async_scoring(m, params) for m in self._scoring_methods if m != EDM_SYNTH}
+        return {m: super().async_scoring(m, params) for m in self.scoring_names if m != EDM_SYNTH}

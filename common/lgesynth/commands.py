@@ -19,7 +19,7 @@ def phantom(out: str = "runs/phantom", subjects: int = 20, seed: int = 0, test_f
         seed: random seed; same seed, same bytes.
         test_fraction: fraction held out as the "test" section (stratified by scar / no scar).
     """
-    from lgesynth.data.phantom import make_phantom_cohort
+    from lgesynth.data.phantom_cohort import make_phantom_cohort
 
     datalist = make_phantom_cohort(out, subjects=int(subjects), seed=int(seed), test_fraction=float(test_fraction))
     print(f"wrote {subjects} phantom subjects: {datalist} (montage: {Path(datalist).parent / 'montage.png'})")

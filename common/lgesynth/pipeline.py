@@ -128,7 +128,7 @@ class Pipeline:
         from lgesynth.data.validate import validate_datalist
 
         if self.data is None:
-            from lgesynth.data.phantom import make_phantom_cohort
+            from lgesynth.data.phantom_cohort import make_phantom_cohort
 
             p = dict(self.preset.get("phantom", {}))
             make_phantom_cohort(self.out / "data", subjects=int(p.get("subjects", 24)), seed=int(p.get("seed", 0)),

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lgesynth.data.canonical import CanonicalCase, CanonicalGrid, canonical_coords, physical_aspect, to_canonical
+from lgesynth.data.canonical import CanonicalGrid
+from lgesynth.data.canonical_case import CanonicalCase, to_canonical
+from lgesynth.data.canonical_coords import canonical_coords, physical_aspect
 from lgesynth.data.datalist import load_datalist
 from lgesynth.data.labels import SCAR, myocardium_mask
 

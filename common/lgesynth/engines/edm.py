@@ -36,6 +36,7 @@ from monai.engines import Evaluator
 
 from lgesynth.edm import SCAR_PATTERNS, EDMLoss, LatentStandardizer, estimate_sigma_data, scar_condition
 from lgesynth.edm.denoiser import FourierEmbedding, LatentDenoiser
+from lgesynth.engines.base import StepTrainer
 from lgesynth.engines.inr2vec import SubjectMean, SubjectMedian, shard_of_rank
 from lgesynth.errors import DataError
 from lgesynth.flags import flag
@@ -183,7 +184,7 @@ def _unwrap(net):
     return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
 
-class EdmTrainer(Engine):
+class EdmTrainer(StepTrainer):
     """Train ``net`` (``EDMPrecond``, or DDP around it) on ``data`` with ``EDMLoss``; EMA after every step.
 
     Args:
@@ -205,18 +206,13 @@ class EdmTrainer(Engine):
     def __init__(self, data: EdmData, net, ema, optimizer: torch.optim.Optimizer, loss_fn: EDMLoss, steps: int = 4000,
                  epoch_length: int = 100, batch_size: int = 64, grad_clip: float | None = None, seed: int = 0,
                  train_handlers=(), shard: tuple[int, int] | None = None, config: dict | None = None):
-        super().__init__(self._process)
+        super().__init__()
         self.data, self.net, self.ema, self.optimizer, self.loss_fn = data, net, ema, optimizer, loss_fn
         self.steps, self.epoch_length, self.batch_size = int(steps), int(epoch_length), int(batch_size)
         self.grad_clip, self.seed = grad_clip, int(seed)
         self.rank, self.world = shard or shard_of_rank()
         self.config = dict(config or {})
-        for handler in train_handlers or ():
-            handler.attach(self)
-
-    @property
-    def max_epochs(self) -> int:
-        return max(1, math.ceil(self.steps / self.epoch_length))
+        self.attach_handlers(train_handlers)
 
     def run_params(self) -> dict:
         """What MLflow records as params (RunInfoHandler)."""
@@ -252,10 +248,6 @@ class EdmTrainer(Engine):
         self.optimizer.step()
         self.ema.update_parameters(_unwrap(self.net))
         return [{"loss": float(loss.detach())}]
-
-    def run_all(self):
-        """Train for ``steps`` iterations (resumed by a ``ResumeCheckpointLoader`` in the handlers)."""
-        return self.run(range(self.epoch_length), max_epochs=self.max_epochs, epoch_length=self.epoch_length)
 
 
 def _lower_is_better(current: float, best: float) -> bool:

@@ -8,8 +8,8 @@
 
 Split (by subject, never by point): the bank's ``test`` subjects are never trained on or used for
 model selection; ``validation`` subjects, if the datalist had that section, are the val set, else a
-seeded fraction of ``training`` subjects is held out, stratified by scar / no scar (a bank records
-``dice_scar = None`` for a subject without scar).
+seeded fraction of ``training`` subjects is held out, stratified by scar / no scar (the bank's ``has_scar``;
+a bank without it records ``dice_scar = None`` exactly for the subjects without scar).
 
 Targets: ``"volume"`` (default, the data): the canonical volume and label of every subject, re-made
 from the source files the bank records with the bank's grid; ``"inr"``: rendered from the INR itself
@@ -42,9 +42,12 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines import Evaluator
 
-from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonical
+from lgesynth.data.canonical import CanonicalGrid
+from lgesynth.data.canonical_case import to_canonical
+from lgesynth.data.canonical_coords import canonical_coords
 from lgesynth.data.cohort import case_targets
 from lgesynth.data.datalist import stratified_split
+from lgesynth.engines.base import StepTrainer
 from lgesynth.flags import flag
 from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank, load_init
 from lgesynth.inr.export import bank_z_extent
@@ -66,7 +69,7 @@ def split_bank(bank: InrBank, val_fraction: float = 0.2, seed: int = 0) -> dict[
     training = [i for i, s in enumerate(section) if s == "training"]
     val = [i for i, s in enumerate(section) if s == "validation"]
     if not val and val_fraction > 0 and len(training) > 1:
-        has_scar = [bank.subjects[i].get("dice_scar") is not None for i in training]
+        has_scar = [bank.subjects[i].get("has_scar", bank.subjects[i].get("dice_scar") is not None) for i in training]
         _, held = stratified_split([str(i) for i in training], has_scar, val_fraction, seed)
         val = [int(i) for i in held]
         training = [i for i in training if i not in set(val)]
@@ -179,7 +182,7 @@ class DistributedInr2Vec(torch.nn.parallel.DistributedDataParallel):
         return self.module.decoder
 
 
-class Inr2VecTrainer(Engine):
+class Inr2VecTrainer(StepTrainer):
     """Train encoder + decoder on the train subjects of ``data``.
 
     Args:
@@ -206,7 +209,7 @@ class Inr2VecTrainer(Engine):
                  epoch_length: int = 50, subjects_per_batch: int = 16, points: int = 4096, focus_fraction: float = 0.25,
                  focus: str = "boundary", importance_weights: bool = True, permute_prob: float = 0.0, noise: float = 0.0, bf16: bool | str = "auto", grad_clip: float | None = 1.0,
                  seed: int = 0, train_handlers=(), shard: tuple[int, int] | None = None, config: dict | None = None):
-        super().__init__(self._process)
+        super().__init__()
         self.data, self.model, self.optimizer = data, model, optimizer
         self.output_dir = Path(output_dir)
         self.steps, self.epoch_length = int(steps), int(epoch_length)
@@ -221,13 +224,8 @@ class Inr2VecTrainer(Engine):
         self.sampler = PointSampler(data.coords, data.targets["train"], self.points, focus_fraction, focus=focus)
         self.focus, self.focus_fraction = focus, float(focus_fraction)
         self.importance_weights = flag(importance_weights, "importance_weights")
-        for handler in train_handlers or ():
-            handler.attach(self)
+        self.attach_handlers(train_handlers)
         self.add_event_handler(Events.STARTED, self._write_record)
-
-    @property
-    def max_epochs(self) -> int:
-        return max(1, math.ceil(self.steps / self.epoch_length))
 
     def run_params(self) -> dict:
         """What MLflow records as params (RunInfoHandler)."""
@@ -276,13 +274,9 @@ class Inr2VecTrainer(Engine):
                                         noise=self.noise, generator=g)
         return [train_step(self.model, self.optimizer, batch, augment, self.grad_clip, self.bf16)]
 
-    def run_all(self):
-        """Train for ``steps`` iterations (resumed by a ``ResumeCheckpointLoader`` in the handlers)."""
-        return self.run(range(self.epoch_length), max_epochs=self.max_epochs, epoch_length=self.epoch_length)
-
 
 class SubjectMean(Metric):
-    """Mean over subjects of ``output[key]`` (per-subject values), NaN entries (no scar) skipped."""
+    """Mean over subjects of ``output[key]`` (per-subject values), NaN entries (undefined Dice) skipped."""
 
     def __init__(self, key: str, device="cpu"):
         self.key = key
@@ -312,7 +306,7 @@ class Inr2VecValidator(Evaluator):
     """Reconstruction of the val subjects on the full canonical grid; one iteration per ``batch`` subjects.
 
     ``state.metrics``: ``val_psnr`` (key metric), ``val_dice_myo``, ``val_dice_scar`` (over val subjects
-    with scar): means over subjects, fp32.
+    with scar in the target or the reconstruction, ``lgesynth.dice``): means over subjects, fp32.
     """
 
     def __init__(self, data: Inr2VecData, model: Inr2VecModel, device: str | torch.device = "cpu", batch: int = 4,

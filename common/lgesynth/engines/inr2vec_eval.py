@@ -19,11 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
-from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonical
+from lgesynth.data.canonical import CanonicalGrid
+from lgesynth.data.canonical_case import to_canonical
+from lgesynth.data.canonical_coords import canonical_coords
 from lgesynth.data.datalist import load_datalist, write_datalist
 from lgesynth.data.validate import label_problems
+from lgesynth.dice import dice
+from lgesynth.engines.base import BundleEngine
 from lgesynth.errors import DataError
 from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank, same_init
 from lgesynth.inr.loss import decode
@@ -231,24 +235,22 @@ def decode_to_nifti(model: Inr2VecModel, latents_path: str, output_dir: str, aff
                           source={"latents": str(latents_path), "checkpoint": getattr(model, "checkpoint", None)})
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum())) if b.any() else float("nan")
-
-
 def _nanmean(values) -> float:
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else float("nan")
 
 
-class Inr2VecEvaluator(Engine):
+class Inr2VecEvaluator(BundleEngine):
     """Round trip of every bank subject; one iteration per subject.
 
     Writes ``inr2vec_metrics.csv`` (``id, section, role, psnr, ssim, dice_myo, dice_scar`` and the mask
     fidelity columns of ``inr2vec.fidelity``: decoded / true myocardium and scar voxels, wall thickness; ``role`` is
     train / val / test in the model's split, so validation subjects held out of the datalist's training
     section are not counted as trained on), the summary ``inr2vec_metrics.json`` (``psnr_test``,
-    ``ssim_test``, ``dice_myo_test``, ``dice_scar_test``, ``probe_accuracy``, their ``_train`` and ``_val`` twins; the probe is a scar / no-scar logistic regression on
+    ``ssim_test``, ``dice_myo_test``, ``dice_scar_test`` (means over the subjects whose Dice is defined,
+    :mod:`lgesynth.dice`; ``dice_scar_undefined_test``: how many were not), ``probe_accuracy``, their ``_train``
+    and ``_val`` twins; the probe is a scar / no-scar logistic regression on
     the training-section latents, scored on the test latents, ``_train`` on its own training data) and
     ``inr2vec_montage.png`` (mid slices, source vs reconstruction, ``montage_subjects`` subjects). The summary
     also holds, per role, the medians and 10th / 90th percentiles of the decoded / true ratios and the
@@ -261,7 +263,7 @@ class Inr2VecEvaluator(Engine):
 
     def __init__(self, model: Inr2VecModel, bank_dir: str, output_dir: str, montage_subjects: int = 4,
                  val_handlers=(), progress: bool = True, refine: dict | None = None, latents: str | None = None):
-        super().__init__(self._process)
+        super().__init__()
         self.model, self.output_dir, self.montage_subjects = model, Path(output_dir), int(montage_subjects)
         self.bank_dir = str(bank_dir)
         self.bank = load_bank(bank_dir)
@@ -278,13 +280,16 @@ class Inr2VecEvaluator(Engine):
         self.ssim = SSIMMetric(spatial_dims=3, data_range=2.0, win_size=max(win, 3))
         self.rows: list[dict] = []
         self.panels: list[tuple] = []
-        for handler in val_handlers or ():
-            handler.attach(self)
         self._bar = None
         if progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=len(self.bank), desc="inr2vec evaluate", unit="subject")
+        self.attach_handlers(val_handlers, finish=self._finish)  # MLFlowHandler's epoch log sees the summary
+
+    def run_data(self) -> list[int]:
+        """All subjects in one epoch; the files and metrics are written at its end."""
+        return list(range(len(self.bank)))
 
     def run_params(self) -> dict:
         return {"bank_dir": self.bank_dir, "checkpoint": getattr(self.model, "checkpoint", None), "subjects": len(self.bank),
@@ -302,7 +307,7 @@ class Inr2VecEvaluator(Engine):
         section = src.get("section", "")
         row = {"id": subject["id"], "section": section, "role": self.roles.get(subject["id"], _ROLE.get(section, section)),
                "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
-               "ssim": ssim, "dice_myo": _dice(label > 0, case.label > 0), "dice_scar": _dice(label == 2, case.label == 2),
+               "ssim": ssim, "dice_myo": dice(label > 0, case.label > 0), "dice_scar": dice(label == 2, case.label == 2),
                **mask_fidelity(label, case.label, spacing_from_affine(case.affine)), **scar_record(case.label)}
         self.rows.append(row)
         if len(self.panels) < self.montage_subjects:
@@ -324,6 +329,8 @@ class Inr2VecEvaluator(Engine):
             out[f"n_{tag}"] = len(rows)
             for key in ("psnr", "ssim", "dice_myo", "dice_scar"):
                 out[f"{key}_{tag}"] = _nanmean([r[key] for r in rows])
+            for key in ("dice_myo", "dice_scar"):
+                out[f"{key}_undefined_{tag}"] = int(sum(r[key] != r[key] for r in rows))
             out.update(cohort_fidelity(rows, tag))
         index = {sid: i for i, sid in enumerate(self.bank.ids)}
         y = {r["id"]: int(r["has_scar"]) for r in self.rows}
@@ -358,16 +365,10 @@ class Inr2VecEvaluator(Engine):
             save_fidelity_figure(self.output_dir / "inr2vec_fidelity.png", self.rows)
         return summary
 
-    def run_all(self):
-        """Evaluate all subjects in one epoch, write the files, expose the summary as metrics."""
-
-        def finish(engine: Engine) -> None:
-            summary = self.write()
-            engine.state.metrics = {k: v for k, v in summary.items()
-                                    if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-            if self._bar is not None:
-                self._bar.close()
-
-        # before MLFlowHandler's epoch log (handlers attached later fire later)
-        self._event_handlers[Events.EPOCH_COMPLETED].insert(0, (finish, (self,), {}))
-        return self.run(list(range(len(self.bank))), max_epochs=1)
+    def _finish(self, engine: Engine) -> None:
+        """Write the files and expose the summary as ``engine.state.metrics``."""
+        summary = self.write()
+        engine.state.metrics = {k: v for k, v in summary.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+        if self._bar is not None:
+            self._bar.close()

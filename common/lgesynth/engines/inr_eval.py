@@ -2,10 +2,11 @@
 
 Per subject, against its canonical volume and label (re-made from the source files the bank
 records, with the bank's grid): intensity PSNR (dB, [-1, 1] scale), SSIM (MONAI ``SSIMMetric``,
-3D, data range 2), Dice of the decoded myocardium and scar masks. Writes ``fit_metrics.csv``
-(``id, section, psnr, ssim, dice_myo, dice_scar, steps``) and ``fit_summary.json`` (mean, min,
-percentiles, fraction meeting the targets) and puts the summary in ``engine.state.metrics`` so
-MONAI's MLFlowHandler (``--tracking mlflow``) logs it.
+3D, data range 2), Dice (:mod:`lgesynth.dice`: NaN when neither mask has the structure) of the decoded
+myocardium and scar masks. Writes ``fit_metrics.csv`` (``id, section, psnr, ssim, dice_myo, dice_scar,
+steps``) and ``fit_summary.json`` (mean, min, percentiles over the defined values, how many were undefined,
+fraction meeting the targets) and puts the summary in ``engine.state.metrics`` so MONAI's MLFlowHandler
+(``--tracking mlflow``) logs it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
-from lgesynth.data.canonical import CanonicalGrid, canonical_coords, to_canonical
+from lgesynth.data.canonical import CanonicalGrid
+from lgesynth.data.canonical_case import to_canonical
+from lgesynth.data.canonical_coords import canonical_coords
+from lgesynth.dice import dice
+from lgesynth.engines.base import BundleEngine
 from lgesynth.inr.bank import load_bank
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.render import render_volume
@@ -25,23 +30,26 @@ from lgesynth.io import write_csv, write_json
 COLUMNS = ("id", "section", "psnr", "ssim", "dice_myo", "dice_scar", "steps")
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    if not b.any():
-        return float("nan")
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+def meets_targets(row: dict, targets: dict) -> bool:
+    """Every ``targets`` value reached or undefined (NaN); the scar target only for a subject with scar
+    (``row["has_scar"]``), as the fit's stop (``inr.fit``)."""
+    return all(not np.isfinite(row[k]) or row[k] >= t for k, t in targets.items()
+               if not (k == "dice_scar" and not row.get("has_scar", True)))
 
 
 def summarise(rows: list[dict], targets: dict | None = None) -> dict:
-    """Distribution of each metric (NaN-aware) and the fraction of subjects meeting ``targets``."""
+    """Distribution of each metric over its finite values (``_n`` of them, ``_undefined`` NaN) and the
+    fraction of subjects meeting ``targets`` (:func:`meets_targets`)."""
     out = {"subjects": len(rows)}
     for key in ("psnr", "ssim", "dice_myo", "dice_scar"):
         v = np.array([r[key] for r in rows], dtype=np.float64)
+        out[f"{key}_undefined"] = int(np.isnan(v).sum())
         v = v[np.isfinite(v)]
         if v.size:
             out.update({f"{key}_mean": float(v.mean()), f"{key}_min": float(v.min()), f"{key}_p10": float(np.percentile(v, 10)),
                         f"{key}_median": float(np.median(v)), f"{key}_n": int(v.size)})
     if targets:
-        ok = [all(not np.isfinite(r[k]) or r[k] >= t for k, t in targets.items()) for r in rows]
+        ok = [meets_targets(r, targets) for r in rows]
         out["fraction_meeting_targets"] = float(np.mean(ok)) if ok else float("nan")
     return out
 
@@ -55,7 +63,7 @@ def ssim_3d(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
     return float(metric(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).item())
 
 
-class InrBankEvaluator(Engine):
+class InrBankEvaluator(BundleEngine):
     """Evaluate every subject of the bank in ``bank_dir``; one iteration per subject.
 
     Args:
@@ -67,22 +75,23 @@ class InrBankEvaluator(Engine):
 
     def __init__(self, bank_dir: str, output_dir: str | None = None, targets: dict | None = None,
                  device: str | torch.device = "cpu", val_handlers=(), progress: bool = True):
-        super().__init__(self._process)
+        super().__init__()
         self.bank_dir = Path(bank_dir)
         self.output_dir = Path(output_dir) if output_dir else self.bank_dir
         self.targets, self.device = dict(targets or {}), torch.device(device)
         self.bank = load_bank(self.bank_dir)
         self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
         self.rows: list[dict] = []
-        # registered before the handlers so that MLFlowHandler's epoch log already sees the summary
-        self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
-        for handler in val_handlers or ():
-            handler.attach(self)
         self._bar = None
         if progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=len(self.bank), desc="inr_fit evaluate", unit="subject")
+        self.attach_handlers(val_handlers, finish=self._finish)  # MLFlowHandler's epoch log sees the summary
+
+    def run_data(self) -> list[int]:
+        """All subjects in one epoch; the CSV, JSON and metrics are written at its end."""
+        return list(range(len(self.bank)))
 
     def _process(self, engine: Engine, index: int) -> list[dict]:
         subject = self.bank.subjects[index]
@@ -92,8 +101,8 @@ class InrBankEvaluator(Engine):
         mse = float(np.mean((image - case.image) ** 2))
         ssim = ssim_3d(image, case.image)
         row = {"id": subject["id"], "section": subject["source"].get("section", ""), "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
-               "ssim": ssim, "dice_myo": _dice(label > 0, case.label > 0), "dice_scar": _dice(label == 2, case.label == 2),
-               "steps": subject.get("steps")}
+               "ssim": ssim, "dice_myo": dice(label > 0, case.label > 0), "dice_scar": dice(label == 2, case.label == 2),
+               "has_scar": bool((case.label == 2).any()), "steps": subject.get("steps")}
         self.rows.append(row)
         if self._bar is not None:
             self._bar.update(1)
@@ -112,7 +121,3 @@ class InrBankEvaluator(Engine):
         engine.state.metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         if self._bar is not None:
             self._bar.close()
-
-    def run_all(self):
-        """Evaluate all subjects in one epoch; the CSV, JSON and metrics are written at its end."""
-        return self.run(list(range(len(self.bank))), max_epochs=1)

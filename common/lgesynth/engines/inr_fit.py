@@ -25,6 +25,7 @@ from ignite.engine import Engine, Events
 
 from lgesynth.data.canonical import CanonicalGrid
 from lgesynth.data.cohort import CanonicalCohort, load_canonical_cohort
+from lgesynth.engines.base import BundleEngine
 from lgesynth.errors import DataError
 from lgesynth.inr.bank import BANK_JSON, INIT_FILE, bank_from_fit, load_bank, load_init, merge_banks, save_bank, save_init, seed_init
 from lgesynth.inr.fit import FitConfig, fit
@@ -53,7 +54,7 @@ def shard_of_rank() -> tuple[int, int] | None:
     return None
 
 
-class InrFitTrainer(Engine):
+class InrFitTrainer(BundleEngine):
     """Fit the INR bank of a datalist.
 
     Args:
@@ -77,7 +78,7 @@ class InrFitTrainer(Engine):
                  spec: dict | SirenSpec | None = None, fit: dict | None = None, init: dict | None = None,
                  chunk_subjects: int = 16, sections=None, device: str | torch.device = "cpu",
                  train_handlers=(), progress: bool = True, shard: tuple[int, int] | None = None):
-        super().__init__(self._process)
+        super().__init__()
         self.datalist, self.output_dir = str(datalist), Path(output_dir)
         self.grid = grid if isinstance(grid, CanonicalGrid) else CanonicalGrid.from_dict(grid)
         self.spec = spec if isinstance(spec, SirenSpec) else SirenSpec(**dict(spec or {}))
@@ -90,9 +91,9 @@ class InrFitTrainer(Engine):
         self.digest = settings_digest(self.spec, self.grid, self.fit_config, self.cohort.z_extent)
         self.init_record, self.init_params = None, None
         self.pending: list[list[int]] = []
+        self.chunks = 1
         self._bar = None
-        for handler in train_handlers or ():
-            handler.attach(self)
+        self.attach_handlers(train_handlers)
         self.add_event_handler(Events.COMPLETED, self._close)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -157,7 +158,8 @@ class InrFitTrainer(Engine):
         folders = [self.output_dir] + sorted(self.output_dir.glob("rank*"))
         return {sid for f in folders if (f / BANK_JSON).exists() for sid in self._load_checked(f).ids}
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Make (or load) the shared init and queue the subjects not yet in the bank, ``chunk_subjects`` per chunk."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.shard is not None and self.shard[0] != 0:
             _barrier()  # rank 0 makes the shared init first; the others then load it
@@ -170,6 +172,7 @@ class InrFitTrainer(Engine):
             rank, world = self.shard
             todo = todo[rank::world]
         self.pending = [todo[i: i + self.chunk_subjects] for i in range(0, len(todo), self.chunk_subjects)]
+        self.chunks = max(1, len(self.pending))
         logger.info("%d subjects in the bank already, %d to fit in %d chunk(s)", len(done), len(todo), len(self.pending))
         if self.progress:
             from tqdm import tqdm
@@ -255,11 +258,12 @@ class InrFitTrainer(Engine):
                     shutil.rmtree(f, ignore_errors=True)
         _barrier()
 
-    def run_all(self):
-        """Make (or load) the shared init, then fit every subject not yet in the bank.
+    # -- the run (``run_all``): one epoch per chunk, so the chunk metrics are epoch metrics for MLflow
+    epoch_length = 1
 
-        One epoch per chunk, so the chunk metrics are epoch metrics for MLflow.
-        """
-        self._prepare()
-        chunks = max(1, len(self.pending))
-        return self.run(range(chunks), max_epochs=chunks, epoch_length=1)
+    @property
+    def max_epochs(self) -> int:
+        return self.chunks
+
+    def run_data(self) -> range:
+        return range(self.chunks)

@@ -3,9 +3,10 @@
 ``python -m monai.bundle run ... --tracking mlflow`` appends a ``MLFlowHandler`` to
 ``train#handlers`` (MONAI's default tracking settings). That handler logs metrics, the engine's
 ``max_epochs``/``epoch_length`` and the executed config, but no tags and only the params it is
-given. ``RunInfoHandler`` finds the MLFlowHandler(s) attached to the same engine and, once their
-run exists (first iteration), logs our params (flattened config) and tags (bundle, stage, dataset,
-preset, seed, git commit) through the handler's own client, so the run stays the one MONAI made.
+given. ``RunInfoHandler`` finds the MLFlowHandler(s) among the engine's ``handlers`` (the list a
+``BundleEngine`` attaches and keeps, ``engines.base``; MONAI's tracking appends its handler to that list)
+and, once their run exists (first iteration), logs our params (flattened config) and tags (bundle, stage,
+dataset, preset, seed, git commit) through the handler's own client, so the run stays the one MONAI made.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 class RunInfoHandler:
-    """Log ``params`` and ``tags`` to the run of every MLFlowHandler attached to the engine.
+    """Log ``params`` and ``tags`` to the run of every MLFlowHandler in the engine's ``handlers`` (module doc).
 
     Args:
         params: nested dict (flattened with dots); values over MLflow's 6000-char limit are cut. An
@@ -73,7 +74,7 @@ class RunInfoHandler:
     def _runs(engine: Engine) -> list:
         from monai.handlers import MLFlowHandler
 
-        return [h for h in _attached(engine) if isinstance(h, MLFlowHandler) and h.cur_run is not None]
+        return [h for h in getattr(engine, "handlers", ()) if isinstance(h, MLFlowHandler) and h.cur_run is not None]
 
     def __call__(self, engine: Engine) -> None:
         if self._done:
@@ -94,14 +95,3 @@ class RunInfoHandler:
             for k, v in self.tags.items():
                 h.client.set_tag(run_id, k, v)
         self._done = bool(handlers) or engine.state.iteration > 1
-
-
-def _attached(engine: Engine):
-    """Objects whose bound methods are registered on ``engine`` (ignite keeps them per event)."""
-    seen = []
-    for handlers in engine._event_handlers.values():
-        for h, _, _ in handlers:
-            owner = getattr(h, "__self__", None)
-            if owner is not None and owner not in seen:
-                seen.append(owner)
-    return seen

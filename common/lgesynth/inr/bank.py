@@ -6,8 +6,9 @@ Files in a bank folder (all written atomically):
 - ``inr_bank.json``: ``format``, ``version``, ``architecture`` (``SirenSpec.to_dict``), ``init``, ``fit``
   (settings), ``weights_sha256`` (of the safetensors file, so a torn pair is detected) and
   ``subjects``: per subject ``id``, ``source`` (files), ``canonical`` (the caller's canonical-grid meta,
-  opaque), ``normalisation`` (intensity constants), ``psnr``, ``dice_myo``, ``dice_scar``, ``steps``,
-  ``reached``, in the order of the tensors' first dim.
+  opaque), ``normalisation`` (intensity constants), ``psnr``, ``dice_myo``, ``dice_scar`` (None when
+  undefined, ``lgesynth.dice``), ``has_scar`` (the label has scar), ``steps``, ``reached``, in the order of
+  the tensors' first dim.
 - ``inr_init.safetensors`` (meta-learned init only): the init's parameters (one subject); ``init`` in
   the JSON is then ``{"kind": "meta", "file": "inr_init.safetensors", "sha256": ..., ...}``, otherwise
   ``{"kind": "seed", "seed": s}``. The checksum is over parameter names, shapes and float32 bytes.
@@ -238,5 +239,6 @@ def bank_from_fit(spec: SirenSpec, init: dict, result, ids: list[str], sources: 
     subjects = [{"id": ids[i], "source": (sources or [{}] * n)[i], "canonical": (canonical or [{}] * n)[i],
                  "normalisation": (normalisation or [{}] * n)[i], "psnr": float(result.psnr[i]),
                  "dice_myo": float(result.dice_myo[i]), "dice_scar": nan_to_none(result.dice_scar[i]),
+                 **({"has_scar": bool(result.has_scar[i])} if result.has_scar else {}),
                  "steps": int(result.steps[i]), "reached": bool(result.reached[i])} for i in range(n)]
     return InrBank.from_fit(spec, init, result.params, subjects, fit_config)

@@ -1,6 +1,6 @@
 """Bank entries to NIfTI: on the canonical grid, on the subject's original grid, or at any spacing.
 
-The bank stores, per subject, the canonical-grid ``meta`` (from ``lgesynth.data.canonical``) and,
+The bank stores, per subject, the canonical-grid ``meta`` (from ``lgesynth.data.canonical_case``) and,
 per bank, the shared coordinate half-range ``z_extent``. A subject's own canonical box has the
 physical aspect ``physical_aspect(meta)``; coordinates for another spacing are made in that box and
 their z rescaled to the bank's frame (``z * z_extent / aspect``), so the label keeps its physical
@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lgesynth.data.canonical import canonical_coords, coords_for_spacing, denormalise_intensity, from_canonical, physical_aspect
+from lgesynth.data.canonical_case import from_canonical
+from lgesynth.data.canonical_coords import canonical_coords, coords_for_spacing, physical_aspect
+from lgesynth.data.canonical_intensity import denormalise_intensity
 from lgesynth.inr.bank import InrBank
 from lgesynth.inr.render import render_volume
 from lgesynth.io import save_nifti

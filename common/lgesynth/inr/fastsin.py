@@ -80,6 +80,7 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _lib = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
+_pool_threads = 0  # workers of _pool
 
 
 def _cpu_key() -> str:
@@ -156,9 +157,9 @@ def sincos(z: torch.Tensor, s_out: torch.Tensor, c_out: torch.Tensor, bias: torc
     if threads == 1 or rows * W < 1 << 16:
         lib.sincos(*ptrs, 0, rows, *args)
         return
-    global _pool
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(threads)
+    global _pool, _pool_threads
+    if _pool is None or _pool_threads != threads:
+        _pool, _pool_threads = ThreadPoolExecutor(threads), threads
     step = -(-rows // threads)
     futures = [_pool.submit(lib.sincos, *ptrs, r0, min(r0 + step, rows), *args) for r0 in range(0, rows, step)]
     for f in futures:

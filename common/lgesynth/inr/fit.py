@@ -109,10 +109,11 @@ class FitResult:
     steps: list[int]
     psnr: list[float]
     dice_myo: list[float]
-    dice_scar: list[float]  # NaN for subjects without scar
+    dice_scar: list[float]  # NaN for a subject without scar whose fit shows none (lgesynth.dice)
     reached: list[bool]
     seconds: float
     total_subject_steps: int
+    has_scar: list[bool] = field(default_factory=list)  # the subject's label has scar
 
 
 class BatchFitter:
@@ -231,10 +232,10 @@ class BatchFitter:
 
 
 def _meets(cfg: FitConfig, m: dict[str, torch.Tensor], i: int, db: float = 0.0, dice: float = 0.0) -> bool:
-    """Subject ``i`` of metrics ``m`` is at its targets, or within ``db`` / ``dice`` of them."""
-    scar = float(m["dice_scar"][i])
+    """Subject ``i`` of metrics ``m`` (``fit_metrics``) is at its targets, or within ``db`` / ``dice`` of them;
+    the scar target only holds for a subject with scar (``m["has_scar"]``)."""
     return (float(m["psnr"][i]) >= cfg.target_psnr - db and float(m["dice_myo"][i]) >= cfg.target_dice_myo - dice
-            and (scar != scar or scar >= cfg.target_dice_scar - dice))
+            and (not bool(m["has_scar"][i]) or float(m["dice_scar"][i]) >= cfg.target_dice_scar - dice))
 
 
 def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], spec: SirenSpec = SirenSpec(),
@@ -261,7 +262,7 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
     init = [p.to(targets.device) for p in init]
     out = [torch.empty(S, *p.shape, device=targets.device) for p in init]
     steps, reached = [0] * S, [False] * S
-    metrics = {k: [float("nan")] * S for k in ("psnr", "dice_myo", "dice_scar")}
+    metrics = {k: [float("nan")] * S for k in ("psnr", "dice_myo", "dice_scar", "has_scar")}
     fitter.add(queue[: fitter.slots], init)
     queue = queue[fitter.slots:]
     step, total = 0, 0
@@ -324,4 +325,4 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
             info.finished_params = {s: [o[s] for o in out] for s in finished}
             callback(info)
     return FitResult(out, steps, metrics["psnr"], metrics["dice_myo"], metrics["dice_scar"], reached,
-                     time.perf_counter() - t0, total)
+                     time.perf_counter() - t0, total, [bool(h) for h in metrics["has_scar"]])

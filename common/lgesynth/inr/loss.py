@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lgesynth.dice import dice
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -67,24 +69,19 @@ def decode(myo_prob: torch.Tensor, scar_prob: torch.Tensor) -> tuple[torch.Tenso
     return myo, (scar_prob > 0.5) & myo
 
 
-def dice(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Dice over the last dim, ``(..., points)`` bool -> ``(...)``; NaN where ``ref`` is empty."""
-    inter = (pred & ref).sum(-1).double()
-    size = pred.sum(-1).double() + ref.sum(-1).double()
-    out = 2 * inter / size.clamp_min(1)
-    return torch.where(ref.sum(-1) > 0, out, torch.full_like(out, float("nan")))
-
-
 @torch.no_grad()
 def fit_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """PSNR and Dice of decoded masks. ``pred`` raw outputs, ``target``: ``(subjects, points, 3)``.
+    """PSNR and Dice (:mod:`lgesynth.dice`) of decoded masks. ``pred`` raw outputs, ``target``: ``(subjects, points, 3)``.
 
-    Returns per-subject tensors ``psnr``, ``dice_myo``, ``dice_scar`` (NaN if the subject has no scar).
+    Returns per-subject ``(subjects,)`` tensors ``psnr``, ``dice_myo``, ``dice_scar`` (NaN when neither the
+    subject nor its decode has scar, 0 when only the decode has) and ``has_scar`` (bool: the target has scar).
     """
     mse = (pred[..., 0] - target[..., 0]).square().mean(-1)
     myo, scar = decode(torch.sigmoid(pred[..., 1]), torch.sigmoid(pred[..., 2]))
+    true_scar = target[..., 2] > 0.5
     return {
         "psnr": psnr(mse),
-        "dice_myo": dice(myo, target[..., 1] > 0.5),
-        "dice_scar": dice(scar, target[..., 2] > 0.5),
+        "dice_myo": dice(myo, target[..., 1] > 0.5, axis=-1),
+        "dice_scar": dice(scar, true_scar, axis=-1),
+        "has_scar": true_scar.any(-1),
     }

@@ -3,7 +3,7 @@
 ``render(weights, coords, chunk)`` -> ``(intensity, myo_prob, scar_prob)``; ``render_volume`` adds the
 reshape to the canonical grid and the decode rule (``loss.decode``) to a label volume
 (0 bg, 1 healthy myocardium, 2 scar). Mapping back to the original grid or another spacing is the job
-of ``lgesynth.data.canonical`` (``from_canonical`` / ``coords_for_spacing``): pass its coords here.
+of ``lgesynth.data.canonical_case.from_canonical`` and ``lgesynth.data.canonical_coords.coords_for_spacing``: pass its coords here.
 """
 
 from __future__ import annotations

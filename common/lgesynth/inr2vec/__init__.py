@@ -9,6 +9,7 @@ Modules (one job each):
               build_decoder(config, spec, init) for either kind
     siren_decoder SirenDecoder(spec, latent_dim=512, modulation="shift", init=bank init): functa-style
               shift modulations of the bank's SIREN, same call as ImplicitDecoder
+    chunking  decode_chunked(decoder, coords, latent, chunk): either decoder over chunks of points
     augment   permute_neurons (function-preserving), add_weight_noise, augment_params
     train     Inr2VecModel(encoder, decoder).loss(params, coords, targets);
               train_step(model, optimizer, batch, augment=None, grad_clip=1.0, bf16=False),

@@ -24,6 +24,9 @@ import math
 import torch
 from torch import nn
 
+from lgesynth.inr2vec.chunking import decode_chunked
+from lgesynth.inr2vec.siren_decoder import SirenDecoder
+
 
 class FourierFeatures(nn.Module):
     """``coords (..., d) -> (..., d (1 + 2 num_freqs))``: the coordinates, then sin and cos per band."""
@@ -107,14 +110,6 @@ class ImplicitDecoder(nn.Module):
         return decode_chunked(self, coords, latent, chunk)
 
 
-def decode_chunked(decoder: nn.Module, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
-    """``decoder(coords, latent)`` in chunks of points: ``coords (points, 3)`` shared or ``(subjects, points, 3)``."""
-    S = latent.shape[0]
-    if coords.dim() == 2:
-        coords = coords.unsqueeze(0).expand(S, -1, -1)
-    return torch.cat([decoder(coords[:, s: s + chunk], latent) for s in range(0, coords.shape[1], chunk)], dim=1)
-
-
 def build_decoder(config: dict, spec=None, init: list[torch.Tensor] | None = None) -> nn.Module:
     """A decoder from its ``config()`` (``inr2vec_model.json``, ``generator.json``) or ``decoder_args``.
 
@@ -126,9 +121,7 @@ def build_decoder(config: dict, spec=None, init: list[torch.Tensor] | None = Non
     kind = args.pop("kind", ImplicitDecoder.kind)
     if kind == ImplicitDecoder.kind:
         return ImplicitDecoder(**args)
-    if kind == "siren":
-        from lgesynth.inr2vec.siren_decoder import SirenDecoder
-
+    if kind == SirenDecoder.kind:
         args.setdefault("spec", spec)
         if args["spec"] is None:
             raise ValueError("a siren decoder needs the bank's SIREN architecture (spec)")

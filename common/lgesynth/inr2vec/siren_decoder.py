@@ -25,6 +25,7 @@ from torch import nn
 
 from lgesynth.inr.fastsin import sincos
 from lgesynth.inr.siren import SirenSpec, init_params
+from lgesynth.inr2vec.chunking import decode_chunked
 
 
 class ShiftedSine(torch.autograd.Function):
@@ -126,6 +127,4 @@ class SirenDecoder(nn.Module):
     @torch.no_grad()
     def decode(self, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
         """``forward`` chunked over points; ``coords (points, 3)`` shared or ``(subjects, points, 3)``."""
-        from lgesynth.inr2vec.decoder import decode_chunked
-
         return decode_chunked(self, coords, latent, chunk)

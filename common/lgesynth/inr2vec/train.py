@@ -140,7 +140,7 @@ def encode_bank(encoder: Inr2VecEncoder, params, batch_size: int = 64) -> torch.
 @torch.no_grad()
 def evaluate(model: Inr2VecModel, params: list[torch.Tensor], coords_full: torch.Tensor,
              targets_full: torch.Tensor | None = None, chunk: int = 32768) -> dict[str, torch.Tensor]:
-    """Per-subject ``psnr``, ``dice_myo``, ``dice_scar`` (NaN without scar) of the reconstruction.
+    """Per-subject ``psnr``, ``dice_myo``, ``dice_scar``, ``has_scar`` of the reconstruction (``inr.loss.fit_metrics``).
 
     ``coords_full``: ``(points, 3)`` shared or ``(subjects, points, 3)``; ``targets_full``:
     ``(subjects, points, 3)``, or None to compare with the INRs themselves.

@@ -4,7 +4,7 @@ training frame, real/synthetic mixing, and the 2D/3D switch.
 - **Plan** (:func:`ensure_plan`, :func:`slice_last_plan`): the plan file is read when it exists,
   else derived from the training section's fingerprint and written (nnU-Net: derive, record, let the
   user edit). Plans are made in the datalist's stored axis order; the bundle's transforms put the
-  slice axis last (:class:`~lgesynth.data.canonical.SliceLastOrientationd`), so the target spacing,
+  slice axis last (:class:`~lgesynth.data.canonical_orientation.SliceLastOrientationd`), so the target spacing,
   patch and DynUNet kernels/strides are permuted the same way.
 - **Data dicts** (:func:`split_training`, :func:`synthetic_dicts`, :func:`inference_dicts`):
   ``{"id", "image", "label", "synthetic"}`` with absolute paths. Validation during training uses the
@@ -41,7 +41,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from lgesynth.data.datalist import load_datalist
 from lgesynth.errors import DataError
 from lgesynth.flags import flag
-from lgesynth.seg.plan import calibrate_plan, load_plan, make_plan, write_plan
+from lgesynth.seg.cost_calibration import calibrate_plan
+from lgesynth.seg.plan import load_plan, make_plan, write_plan
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -58,7 +59,7 @@ def ensure_plan(plan_path: str | Path | None, datalist: str | Path, output_dir: 
     made from the training section's fingerprint with ``preset`` / ``budget_minutes`` when missing
     (so a resumed run keeps its plan, and a user's edit of it is respected). ``calibrate``: a new plan
     with a time budget is re-planned from one step of its network timed on this machine
-    (:func:`lgesynth.seg.plan.calibrate_plan`), so the budget holds here and not only on the machine the
+    (:func:`lgesynth.seg.cost_calibration.calibrate_plan`), so the budget holds here and not only on the machine the
     cost model was measured on.
 
     Raises:

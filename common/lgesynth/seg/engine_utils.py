@@ -43,7 +43,8 @@ from lgesynth.data.labels import MYOCARDIUM, SCAR
 from lgesynth.errors import DataError
 from lgesynth.io import atomic_path, write_json
 from lgesynth.seg.data import slice_last_plan
-from lgesynth.seg.plan import build_dynunet, load_plan, write_plan
+from lgesynth.seg.network import build_dynunet
+from lgesynth.seg.plan import load_plan, write_plan
 
 STRUCTURES = ("myo", "scar")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")

@@ -4,14 +4,15 @@ Structures: myocardium = label in {1, 2}; scar = label == 2 (DESIGN.md, data con
 
 Definitions:
 
-- **Dice** = 2 |P ∩ T| / (|P| + |T|).
+- **Dice** = 2 |P ∩ T| / (|P| + |T|) (:func:`lgesynth.dice.dice`).
 - **HD95** (mm): surfaces are the mask voxels with a background face-neighbour (voxels on the array
   border count as surface). For every surface voxel of P the distance (in mm, using ``spacing_mm``)
   to the nearest surface voxel of T, and vice versa; HD95 is the larger of the two directed 95th
   percentiles (linear interpolation). This is MONAI's ``compute_hausdorff_distance(percentile=95)``;
   a test checks that the two agree.
-- **Empty masks**: both empty -> Dice 1, HD95 0; exactly one empty -> Dice 0, HD95 NaN (no finite
-  distance exists; average with ``np.nanmean`` and report how many were NaN).
+- **Empty masks**: both empty -> Dice NaN (undefined, nnU-Net's convention: a scar-free heart predicted
+  without scar has no scar Dice), HD95 0; exactly one empty -> Dice 0, HD95 NaN (no finite distance
+  exists). Average with ``np.nanmean`` and report how many were NaN (``seg.report``).
 - **Scar burden** = scar voxels / myocardium voxels of the same label map (0 when it has no
   myocardium); **burden error** = predicted − true, in percentage points.
 - **Regions** (:mod:`lgesynth.seg.regions`): thirds of the ground truth's myocardial slices, the apex
@@ -27,17 +28,11 @@ import numpy as np
 from scipy import ndimage
 
 from lgesynth.data.labels import myocardium_mask, scar_mask
+from lgesynth.dice import dice
 from lgesynth.seg.regions import REGIONS, resolve_axis, split_thirds
 
 STRUCTURES = ("myo", "scar")
 HD_PERCENTILE = 95.0
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two bool masks of one shape; 1.0 when both are empty."""
-    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & truth).sum()) / total
 
 
 def surface(mask: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Post-processing of predicted labels: drop scar specks (nnU-Net-style connected-component clean-up).
 
 A segmenter that has learned scar often leaves a few scar voxels in scar-free hearts; the case then
-scores scar Dice 0 instead of 1. ``RemoveSmallScard`` relabels every scar component smaller than
+scores scar Dice 0 instead of none (undefined, :mod:`lgesynth.dice`). ``RemoveSmallScard`` relabels every scar component smaller than
 ``min_scar_ml`` as healthy myocardium (scar lies inside the myocardium, so the myocardium mask is
 unchanged). nnU-Net chooses such a step on validation cases; so does ``lgesynth experiment``
 (:func:`choose_min_scar_ml` on each arm's validation predictions). The transform's default 0 leaves
@@ -76,9 +76,11 @@ def choose_min_scar_ml(cases: list[dict], predictions_dir: str | Path, candidate
         predictions_dir: their predicted labels (:func:`prediction_path`), on each label's own grid.
         candidates: ``min_scar_ml`` values to try (ml).
     Returns:
-        ``{"min_scar_ml", "candidates", "mean_dice_scar", "per_case", "n_cases", "rule"}``: the candidate
-        with the highest mean scar Dice over the cases (a scar-free case scores 1 when nothing is
-        predicted), the smallest one on ties, so 0 unless the clean-up helps.
+        ``{"min_scar_ml", "candidates", "mean_dice_scar", "n_undefined", "per_case", "n_cases", "rule"}``: the
+        candidate with the highest mean scar Dice, the smallest one on ties, so 0 unless the clean-up helps.
+        As in nnU-Net the mean is over the cases whose Dice is defined (:mod:`lgesynth.dice`: a scar-free case
+        predicted without scar has none; ``n_undefined`` per candidate); a candidate under which no case has
+        one (no scar in any truth or prediction) is ranked as Dice 1, and its mean is None.
     Raises:
         DataError: naming a prediction file that is missing or not on its label's grid.
     """
@@ -99,8 +101,12 @@ def choose_min_scar_ml(cases: list[dict], predictions_dir: str | Path, candidate
         truth_scar = np.asarray(truth) == SCAR
         ml = voxel_ml(affine)
         per_case[case["id"]] = [dice(remove_small_scar(pred, c / ml) == SCAR, truth_scar) for c in candidates]
-    means = np.mean(np.array(list(per_case.values())), axis=0) if per_case else np.zeros(len(candidates))
-    best = int(np.argmax(means)) if per_case else 0
-    return {"min_scar_ml": candidates[best], "candidates": candidates, "mean_dice_scar": [float(m) for m in means],
-            "per_case": per_case, "n_cases": len(per_case),
-            "rule": "highest mean validation scar Dice (scar-free case: 1 if none predicted); smallest on ties"}
+    values = np.array(list(per_case.values()), dtype=np.float64).reshape(len(per_case), len(candidates))
+    undefined = np.isnan(values).sum(axis=0)
+    defined = len(per_case) - undefined
+    means = np.where(defined > 0, np.nansum(values, axis=0) / np.maximum(defined, 1), np.nan)
+    best = int(np.argmax(np.where(defined > 0, means, 1.0))) if per_case else 0
+    return {"min_scar_ml": candidates[best], "candidates": candidates,
+            "mean_dice_scar": [None if m != m else float(m) for m in means], "n_undefined": [int(u) for u in undefined],
+            "per_case": {k: [None if d != d else d for d in v] for k, v in per_case.items()}, "n_cases": len(per_case),
+            "rule": "highest mean validation scar Dice over the cases where it is defined (none: 1); smallest on ties"}

@@ -8,8 +8,9 @@ spacing. When the evaluator's epoch completes it writes, atomically:
 - ``metrics.csv``: one row per case, ``id`` then every regional key (Dice, HD95 mm, burden, slices
   per third);
 - ``metrics_summary.json``: per key the NaN-aware mean (``np.nanmean``), the number of cases and how
-  many were NaN (HD95 is NaN when exactly one of prediction and truth is empty, a region is NaN when
-  the stack has < 3 myocardial slices);
+  many were NaN (Dice is NaN when both prediction and truth are empty, e.g. the scar of a scar-free
+  heart predicted without scar; HD95 when exactly one of them is; a region is NaN when the stack has
+  < 3 myocardial slices);
 - ``predictions.png``: the first ``n_png`` cases, one row each: the mid-myocardial slice of the image,
   with the ground truth's outlines, with the prediction's (myocardium lime, scar yellow);
 

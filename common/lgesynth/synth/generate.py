@@ -24,13 +24,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
+from lgesynth.data.datalist import write_datalist
+from lgesynth.data.validate import label_problems
+from lgesynth.engines.base import BundleEngine
 from lgesynth.flags import flag
+from lgesynth.inr2vec.latents import Latents, save_latents
 from lgesynth.io import save_nifti, spacing_from_affine
+from lgesynth.synth.figures import NEAREST_SAMPLES
 from lgesynth.synth.generator import (CONDITIONS, FILES, GENERATOR_FORMAT, GENERATOR_JSON, Generator, bundle_root,
                                       canonical_grid, centred_affine, condition_parts, decode_latents, decode_samples,
                                       load_generator_record, reference_spacing, sample_grid)
+from lgesynth.synth.report import comparison_cohorts, report_metrics, write_report
+from lgesynth.synth.stats import CohortStats
+from lgesynth.viz import mid_slice, save_montage
 
 __all__ = ["CohortSynthesizer", "slice_spacing_of", "CONDITIONS", "FILES", "GENERATOR_FORMAT", "GENERATOR_JSON",
            "Generator", "bundle_root", "canonical_grid", "centred_affine", "condition_parts", "decode_latents",
@@ -59,7 +67,7 @@ def slice_spacing_of(record: dict, slices) -> float | None:
     return value
 
 
-class CohortSynthesizer(Engine):
+class CohortSynthesizer(BundleEngine):
     """Write a synthetic cohort (see module doc); one iteration per ``batch_size`` samples.
 
     Args:
@@ -81,9 +89,7 @@ class CohortSynthesizer(Engine):
                  spacing_mm=None, slices="source", batch_size: int = 32, decode_batch: int = 8, chunk: int = 32768,
                  reject_implausible: bool = False, montage_samples: int = 16, reference_datalist: str | None = None,
                  device: str | torch.device = "cpu", val_handlers=(), progress: bool = True):
-        from lgesynth.synth.report import NEAREST_SAMPLES, CohortStats
-
-        super().__init__(self._process)
+        super().__init__()
         self.gen = Generator(models_dir, device)
         self.models_dir, self.output_dir = str(models_dir), Path(output_dir).resolve()
         self.num_samples, self.seed, self.guidance = int(num_samples), int(seed), float(guidance)
@@ -104,14 +110,16 @@ class CohortSynthesizer(Engine):
         self.kept: list[dict] = []
         self.rejected: list[dict] = []
         self.panels: list[tuple] = []
-        self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)  # before the handlers: they log its metrics
-        for handler in val_handlers or ():
-            handler.attach(self)
         self._bar = None
         if progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.num_samples, desc="edm_synth sample+decode", unit="sample")
+        self.attach_handlers(val_handlers, finish=self._finish)  # the handlers log what _finish writes
+
+    def run_data(self) -> list[int]:
+        """The first sample of every batch, all in one epoch; the cohort's files are written at its end."""
+        return list(range(0, self.num_samples, self.batch_size))
 
     def run_params(self) -> dict:
         return {"models_dir": self.models_dir, "num_samples": self.num_samples, "seed": self.seed,
@@ -121,9 +129,6 @@ class CohortSynthesizer(Engine):
                 "spacing_mm": None if self.spacing_mm is None else self.spacing_mm.tolist()}
 
     def _process(self, engine: Engine, start: int) -> dict:
-        from lgesynth.data.validate import label_problems
-        from lgesynth.viz import mid_slice
-
         n = min(self.batch_size, self.num_samples - start)
         cond = None if self.cond is None else self.cond[start: start + n]
         w, canonical = self.gen.split(self.gen.denoise(self.noise[start: start + n], self.num_steps, self.guidance, cond))
@@ -155,11 +160,6 @@ class CohortSynthesizer(Engine):
 
     def write(self) -> dict:
         """Latents, montage, report, then the datalist (it commits the cohort); returns the report."""
-        from lgesynth.data.datalist import write_datalist
-        from lgesynth.inr2vec.latents import Latents, save_latents
-        from lgesynth.synth.report import comparison_cohorts, write_report
-        from lgesynth.viz import save_montage
-
         w = torch.cat(self.latents) if self.latents else torch.zeros(0, self.gen.dim)
         self.stats.latents = w
         subjects = [{"id": sid, "section": "synthetic", **self.spacing.get(i, {}), **self.asked[i]}
@@ -191,13 +191,7 @@ class CohortSynthesizer(Engine):
         return {"samples": samples, "training": self.gen.record.get("canonical_spacing_mm")}
 
     def _finish(self, engine: Engine) -> None:
-        from lgesynth.synth.report import report_metrics
-
         report = self.write()
         engine.state.metrics = {**report_metrics(report), "rejected": report["rejected"]}
         if self._bar is not None:
             self._bar.close()
-
-    def run_all(self):
-        starts = list(range(0, self.num_samples, self.batch_size))
-        return self.run(starts, max_epochs=1)

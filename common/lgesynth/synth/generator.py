@@ -110,7 +110,7 @@ def sample_grid(record: dict, canonical_spacing_mm, spacing_mm=None, slice_spaci
     axis over the box. ``slice_spacing_mm``: the canonical in-plane grid with round(z extent / slice
     spacing) slices. The written spacing is extent / voxels (within half a voxel of the request).
     """
-    from lgesynth.data.canonical import canonical_coords
+    from lgesynth.data.canonical_coords import canonical_coords
 
     canonical = tuple(int(s) for s in record["grid"]["shape"])
     extent = np.asarray(canonical_spacing_mm, dtype=np.float64) * np.asarray(canonical)

@@ -33,8 +33,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
+from lgesynth.engines.base import BundleEngine
 from lgesynth.io import load_nifti, spacing_from_affine, write_json
 from lgesynth.synth.features import FEATURES, mean_or_nan
 from lgesynth.synth.figures import NEAREST_FILE, NEAREST_SAMPLES, save_nearest_figure, save_report_figure
@@ -194,7 +195,7 @@ def comparison_cohorts(models_dir: str | Path, record: dict, reference_datalist:
 
 
 # ------------------------------------------------------------------------------------- evaluate.yaml
-class CohortEvaluator(Engine):
+class CohortEvaluator(BundleEngine):
     """Report of a synthetic cohort (its ``datalist.json``) against the source and the reference cohorts;
     one iteration per volume.
 
@@ -214,7 +215,7 @@ class CohortEvaluator(Engine):
         from lgesynth.edm import LatentStandardizer
         from lgesynth.synth.generator import load_generator_record
 
-        super().__init__(self._process)
+        super().__init__()
         self.cohort, self.models_dir, self.output_dir = str(cohort), str(models_dir), Path(output_dir)
         self.record = load_generator_record(models_dir)
         self.standardizer = LatentStandardizer.load(Path(models_dir) / self.record["files"]["standardizer"])
@@ -230,14 +231,16 @@ class CohortEvaluator(Engine):
             index = {sid: i for i, sid in enumerate(lat.ids)}
             if all(e["id"] in index for e in self.entries):
                 self.samples.latents = lat.latents[[index[e["id"]] for e in self.entries]]
-        self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)  # before the handlers: they log its metrics
-        for handler in val_handlers or ():
-            handler.attach(self)
         self._bar = None
         if progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=len(self.entries), desc="edm_synth evaluate", unit="volume")
+        self.attach_handlers(val_handlers, finish=self._finish)  # the handlers log what _finish writes
+
+    def run_data(self) -> list[int]:
+        """Every volume in one epoch; the report is written at its end."""
+        return list(range(len(self.entries)))
 
     def run_params(self) -> dict:
         return {"cohort": self.cohort, "models_dir": self.models_dir, "volumes": len(self.entries),
@@ -258,6 +261,3 @@ class CohortEvaluator(Engine):
         engine.state.metrics = report_metrics(report)
         if self._bar is not None:
             self._bar.close()
-
-    def run_all(self):
-        return self.run(list(range(len(self.entries))), max_epochs=1)

@@ -152,7 +152,8 @@ class CohortStats:
 def reference_from_datalist(datalist: str | Path, grid: dict, sections=("training",), latents: torch.Tensor | None = None) -> CohortStats:
     """Stats of real image/label pairs brought onto the generator's canonical grid (each at its own
     canonical voxel size), with every mid slice."""
-    from lgesynth.data.canonical import CanonicalGrid, to_canonical
+    from lgesynth.data.canonical import CanonicalGrid
+    from lgesynth.data.canonical_case import to_canonical
     from lgesynth.data.datalist import load_datalist
 
     g = CanonicalGrid.from_dict(grid)
@@ -165,14 +166,15 @@ def reference_from_datalist(datalist: str | Path, grid: dict, sections=("trainin
 
 def source_stats(bank_dir: str | Path, ids: list[str], grid: dict) -> CohortStats:
     """Stats of the subjects ``ids`` from the source files their INR bank records (``inr_bank.json``),
-    re-made on the canonical ``grid`` as inr2vec's targets are (``data.canonical.to_canonical``), each at
+    re-made on the canonical ``grid`` as inr2vec's targets are (``data.canonical_case.to_canonical``), each at
     its own canonical voxel size, with every mid slice.
 
     Raises:
         DataError: naming the bank or the source file when it is missing or unreadable, or when the
             bank does not hold one of ``ids``.
     """
-    from lgesynth.data.canonical import CanonicalGrid, to_canonical
+    from lgesynth.data.canonical import CanonicalGrid
+    from lgesynth.data.canonical_case import to_canonical
     from lgesynth.inr.bank import BANK_JSON, load_bank
 
     bank = load_bank(bank_dir)
