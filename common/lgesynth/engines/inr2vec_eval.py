@@ -228,7 +228,7 @@ def decode_to_nifti(model: Inr2VecModel, latents_path: str, output_dir: str, aff
             lab_p = save_nifti(out / "labelsTr" / f"{sid}.nii.gz", label, affine, dtype=np.uint8)
             entry = {"id": sid, "image": str(img_p), "label": str(lab_p), "synthetic": True,
                      "scar": bool((label == 2).any())}
-            problems = label_problems(label)
+            problems = label_problems(label, affine)
             (rejected.append({**entry, "reason": "; ".join(problems)}) if problems else kept.append(entry))
     rel = [{**e, "image": f"imagesTr/{e['id']}.nii.gz", "label": f"labelsTr/{e['id']}.nii.gz"} for e in rejected]
     return write_datalist(out / "datalist.json", kept, [], rejected=rel,

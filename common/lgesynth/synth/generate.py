@@ -145,7 +145,7 @@ class CohortSynthesizer(BundleEngine):
             entry = {"id": sid, "image": str(img_p), "label": str(lab_p), "synthetic": True,
                      "scar": bool((label == 2).any()), "scar_burden": record["scar_burden"], **self.spacing[i],
                      **self.asked[i]}
-            problems = label_problems(label) or (record["problems"] if self.reject_implausible else [])
+            problems = label_problems(label, affine) or (record["problems"] if self.reject_implausible else [])
             if problems:
                 self.rejected.append({**entry, "reason": "; ".join(problems)})
             else:
