@@ -31,6 +31,7 @@ beside the checkpoints; ``inr2vec_eval.load_trained`` rebuilds the networks from
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -244,7 +245,7 @@ class Inr2VecTrainer(StepTrainer):
         net = self.model.module if hasattr(self.model, "module") else self.model
         write_json(self.output_dir / MODEL_JSON, {
             "format": MODEL_FORMAT, **architecture(net.encoder, net.decoder),
-            "loss_weights": {"myo": net.loss_weights.myo, "scar": net.loss_weights.scar},
+            "loss_weights": dataclasses.asdict(net.loss_weights),
             "bank": {"dir": self.data.bank_dir, "init": self.data.bank.init, "count": len(self.data.bank)},
             "grid": self.data.grid.to_dict(), "z_extent": self.data.z_extent, "targets": self.data.kind,
             "reference_affine": self.data.reference_affine(),

@@ -2,10 +2,12 @@
 
 Per subject, over the sampled points p (targets: intensity t_I in [-1, 1], myocardium m, scar s):
 
-    L = mean_p (f_I - t_I)^2
+    L = mean_p (1 + lambda_sI * s) (f_I - t_I)^2
         + lambda_myo  * mean_p BCE(f_myo, m)
         + lambda_scar * mean_p m * BCE(f_scar, s)                                     (1)
 
+lambda_sI (default 0) weights the intensity error inside the scar more: scar is a few per cent of the
+points and thin, so an unweighted fit renders it duller than it is (lower scar/remote contrast).
 The scar logit is only trained inside the (true) myocardium, so it is only meaningful there.
 Decode rule (``decode``): myocardium = sigmoid(f_myo) > 0.5; scar = sigmoid(f_scar) > 0.5 AND
 myocardium. PSNR is on the [-1, 1] scale (peak-to-peak 2): PSNR = 10 log10(4 / MSE).
@@ -25,6 +27,7 @@ from lgesynth.dice import dice
 class LossWeights:
     myo: float = 0.1
     scar: float = 0.1
+    scar_intensity: float = 0.0   # lambda_sI: extra weight of the intensity error at scar points
 
 
 def joint_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights(),
@@ -34,7 +37,10 @@ def joint_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWe
     ``point_weights (..., points)``: each point's share of the mean (e.g. ``PointSampler``'s importance
     weights, which make the sampled loss an unbiased estimate of the full-grid loss); None: all 1.
     """
-    per_point = ((pred[..., 0] - target[..., 0]).square()
+    intensity = (pred[..., 0] - target[..., 0]).square()
+    if w.scar_intensity:
+        intensity = intensity * (1 + w.scar_intensity * target[..., 2])
+    per_point = (intensity
                  + w.myo * F.binary_cross_entropy_with_logits(pred[..., 1], target[..., 1], reduction="none")
                  + w.scar * target[..., 1] * F.binary_cross_entropy_with_logits(pred[..., 2], target[..., 2], reduction="none"))
     if point_weights is not None:
@@ -52,6 +58,8 @@ def joint_loss_grad(pred: torch.Tensor, target: torch.Tensor, dpred: torch.Tenso
     torch.sub(pred, target, out=dpred)  # channel 0: f_I - t_I
     mse = dpred[..., 0].square().mean(-1)
     dpred[..., 0].mul_(2.0 / P)
+    if w.scar_intensity:
+        dpred[..., 0].mul_(1 + w.scar_intensity * target[..., 2])
     torch.sigmoid(pred[..., 1:], out=dpred[..., 1:]).sub_(target[..., 1:])
     dpred[..., 1].mul_(w.myo / P)
     dpred[..., 2].mul_(target[..., 1]).mul_(w.scar / P)

@@ -44,12 +44,16 @@ class Inr2VecModel(nn.Module):
         encoder: ``Inr2VecEncoder`` (knows the SIREN spec).
         decoder: ``ImplicitDecoder`` or ``SirenDecoder`` with ``latent_dim == encoder.latent_dim``.
         loss_weights: weights of the mask terms of eq. (1).
+        latent_noise: in training, the decoder reads ``z + latent_noise * std_batch(z) * eps`` (eps ~ N(0, I),
+            per latent dimension): it must render each subject from a neighbourhood of its latent, not one point.
     """
 
-    def __init__(self, encoder: Inr2VecEncoder, decoder: nn.Module, loss_weights: LossWeights = LossWeights()):
+    def __init__(self, encoder: Inr2VecEncoder, decoder: nn.Module, loss_weights: LossWeights = LossWeights(),
+                 latent_noise: float = 0.0):
         super().__init__()
         assert decoder.latent_dim == encoder.latent_dim, (decoder.latent_dim, encoder.latent_dim)
         self.encoder, self.decoder, self.loss_weights = encoder, decoder, loss_weights
+        self.latent_noise = float(latent_noise)
 
     @property
     def spec(self) -> SirenSpec:
@@ -61,7 +65,10 @@ class Inr2VecModel(nn.Module):
 
     def forward(self, params: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``(subjects, points, 3)`` at ``coords (subjects, points, 3)``."""
-        return self.decoder(coords, self.encoder(params))
+        z = self.encoder(params)
+        if self.training and self.latent_noise > 0 and z.shape[0] > 1:
+            z = z + self.latent_noise * z.detach().std(0, keepdim=True) * torch.randn_like(z)
+        return self.decoder(coords, z)
 
     def loss(self, params: list[torch.Tensor], coords: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean over subjects of eq. (1)."""
