@@ -258,3 +258,26 @@ def test_the_final_decoder_is_the_default_checkpoint(tmp_path):
     assert find_checkpoint(tmp_path).name == "model_best.pt"
     (tmp_path / "model_final.pt").write_bytes(b"")
     assert find_checkpoint(tmp_path).name == "model_final.pt"
+
+
+def test_contrast_fidelity_sees_a_dull_scar_and_a_narrowed_contrast():
+    import numpy as np
+
+    from lgesynth.inr2vec.fidelity import cohort_fidelity, contrast_fidelity
+
+    yy, xx = np.mgrid[:32, :32]
+    r = np.hypot(xx - 15.5, yy - 15.5)
+    label = np.repeat(((r > 7) & (r < 10)).astype(np.uint8)[..., None], 4, axis=2)
+    label[20:, :, :][label[20:, :, :] == 1] = 2
+    image = np.where(label == 2, 0.8, np.where(label == 1, -0.5, 0.0))
+    same = contrast_fidelity(image, label, image, label)
+    assert same["contrast_scar_true"] == pytest.approx(1.3) and same["contrast_scar_decoded"] == pytest.approx(1.3)
+    dull = np.where(label == 2, 0.2, image)
+    assert contrast_fidelity(dull, label, image, label)["contrast_scar_decoded"] == pytest.approx(0.7)
+    assert np.isnan(contrast_fidelity(image, np.minimum(label, 1), image, np.minimum(label, 1))["contrast_scar_true"])
+    # decoded contrast pulled half-way to the cohort mean and down by 0.1: shift < 0, SD ratio 0.5
+    true_c = np.array([0.2, 0.3, 0.4, 0.5, 0.6])
+    rows = [{"contrast_scar_true": t, "contrast_scar_decoded": 0.4 + (t - 0.4) / 2 - 0.1} for t in true_c]
+    s = cohort_fidelity(rows, "train")
+    assert s["contrast_scar_sd_ratio_train"] == pytest.approx(0.5)
+    assert s["contrast_scar_shift_sd_train"] == pytest.approx(-0.1 / true_c.std(ddof=1))

@@ -1,4 +1,4 @@
-"""Does the decoder render a subject's masks at their true size? Per subject and per cohort.
+"""Does the decoder render a subject's masks at their true size, and its scar as bright? Per subject and cohort.
 
 A decoder whose masks are dilated or eroded passes that bias to every sample the generator makes,
 and one that pulls every subject towards the cohort mean narrows the samples' spread. Measured on
@@ -8,9 +8,13 @@ the canonical grid, decoded label against the canonical label of the same subjec
     scar_ratio  = decoded / true scar voxels           (NaN without true scar)
     wall_ratio  = decoded / true wall thickness        (``synth.features.volume_features``, mm)
 
-and per cohort (one role: train / val / test) the median and 10th / 90th percentiles of each ratio
-and the coefficient of variation (SD / mean) of the myocardium and scar voxel counts, true and
-decoded: a decoded CV under the true one is a cohort rendered too alike.
+    contrast_scar_true / _decoded   scar minus healthy-myocardium mean intensity (canonical units,
+                                    ``volume_features``' ``contrast_scar_remote``), each image with its own label
+
+and per cohort (one role: train / val / test) the median and 10th / 90th percentiles of each ratio,
+the coefficient of variation (SD / mean) of the myocardium and scar voxel counts, true and
+decoded (a decoded CV under the true one is a cohort rendered too alike), and the decoded scar
+contrast's mean shift in SDs of the true one and its SD ratio (the synthetic-cohort report's measures).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from lgesynth.synth.features import volume_features
 
 RATIOS = ("myo_ratio", "scar_ratio", "wall_ratio")
 COLUMNS = ("myo_voxels_true", "myo_voxels_decoded", "myo_ratio", "scar_voxels_true", "scar_voxels_decoded", "scar_ratio",
-           "wall_mm_true", "wall_mm_decoded", "wall_ratio")
+           "wall_mm_true", "wall_mm_decoded", "wall_ratio", "contrast_scar_true", "contrast_scar_decoded")
 
 
 def _ratio(decoded: float, true: float) -> float:
@@ -44,6 +48,14 @@ def mask_fidelity(decoded: np.ndarray, true: np.ndarray, spacing_mm) -> dict[str
     wall_dec = volume_features(None, decoded, spacing_mm)["wall_thickness_mm"] if out["myo_voxels_decoded"] else float("nan")
     out.update(wall_mm_true=wall_true, wall_mm_decoded=wall_dec, wall_ratio=_ratio(wall_dec, wall_true))
     return out
+
+
+def contrast_fidelity(decoded_image: np.ndarray, decoded: np.ndarray, true_image: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """``contrast_scar_true`` / ``contrast_scar_decoded`` of one subject: images ``(X, Y, Z)`` in canonical units with
+    their labels (0/1/2); NaN where the label has no scar or no healthy myocardium."""
+    key = "contrast_scar_remote"
+    return {"contrast_scar_true": volume_features(true_image, true, (1.0, 1.0, 1.0))[key],
+            "contrast_scar_decoded": volume_features(decoded_image, decoded, (1.0, 1.0, 1.0))[key]}
 
 
 def _finite(values) -> np.ndarray:
@@ -68,6 +80,13 @@ def cohort_fidelity(rows: list[dict], tag: str) -> dict[str, float]:
     for name in ("myo", "scar"):
         for which in ("true", "decoded"):
             out[f"{name}_voxels_cv_{which}_{tag}"] = coefficient_of_variation([r.get(f"{name}_voxels_{which}") for r in rows])
+    true = np.asarray([r.get("contrast_scar_true", np.nan) for r in rows], dtype=np.float64)
+    dec = np.asarray([r.get("contrast_scar_decoded", np.nan) for r in rows], dtype=np.float64)
+    both = np.isfinite(true) & np.isfinite(dec)
+    sd = true[both].std(ddof=1) if both.sum() > 1 else float("nan")
+    ok = both.sum() > 1 and sd > 0
+    out[f"contrast_scar_shift_sd_{tag}"] = float((dec[both].mean() - true[both].mean()) / sd) if ok else float("nan")
+    out[f"contrast_scar_sd_ratio_{tag}"] = float(dec[both].std(ddof=1) / sd) if ok else float("nan")
     return out
 
 
