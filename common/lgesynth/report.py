@@ -1,8 +1,9 @@
 """``DIR/report.html``: one self-contained page (PNGs inlined) summarising a pipeline run.
 
-Sections, each shown when its stage wrote its files: cohort fingerprint, INR fit quality,
-inr2vec round trip, the synthetic cohort (montage + quality report), the scar_seg comparison
-(Dice per region with 95 % CIs) and the wall time per stage.
+Sections, each shown when its stage wrote its files: cohort fingerprint, INR fit quality ("N of M
+INRs reached their targets" and the evaluation summary), inr2vec round trip, the synthetic cohort
+(montage + quality report), the scar_seg comparison (Dice per region with 95 % CIs) and the wall time
+per stage.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def _fingerprint(fp: dict | None) -> str:
     return _table(rows)
 
 
+def _inr_targets(summary: dict | None) -> str:
+    """"N of M INRs reached their targets" from inr_fit's ``fit_summary.json`` (counts of the bank's
+    ``reached_target``; an older summary without them gives nothing)."""
+    if not summary or not isinstance(summary.get("reached_target"), int) or "subjects" not in summary:
+        return ""
+    line = f"{summary['reached_target']} of {summary['subjects']} INRs reached their targets"
+    if summary.get("fell_short"):
+        line += f"; {summary['fell_short']} stopped at max_steps short of them (fit_metrics.csv: reached_target)"
+    if summary.get("reached_target_unknown"):
+        line += f"; {summary['reached_target_unknown']} unknown (the bank did not record it)"
+    return f"<p>{html.escape(line)}.</p>"
+
+
 def _comparison(cmp: dict | None) -> str:
     if not cmp:
         return ""
@@ -64,9 +78,10 @@ def write_report(out: str | Path, title: str = "lgesynth pipeline") -> Path:
     """Assemble ``out/report.html`` from the files the stages wrote under ``out``."""
     out = Path(out)
     parts = [f"<h1>{html.escape(title)}</h1>"]
+    fit_summary = _json(out / "inr_fit" / "fit_summary.json")
     sections = [
         ("Cohort fingerprint", _fingerprint(_json(out / "data" / "fingerprint.json")) + _img(out / "data" / "montage.png", "cohort montage")),
-        ("INR fit quality (inr_fit)", _table(_json(out / "inr_fit" / "fit_summary.json") or {})),
+        ("INR fit quality (inr_fit)", _inr_targets(fit_summary) + _table(fit_summary or {})),
         ("Round trip bank → latent → volume (inr2vec)", _table(_json(out / "inr2vec" / "eval" / "inr2vec_metrics.json") or {})
          + _img(out / "inr2vec" / "eval" / "inr2vec_montage.png", "source vs reconstruction")
          + _img(out / "inr2vec" / "eval" / "inr2vec_fidelity.png", "decoded vs true myocardium per subject")),

@@ -4,9 +4,14 @@ Per subject, against its canonical volume and label (re-made from the source fil
 records, with the bank's grid): intensity PSNR (dB, [-1, 1] scale), SSIM (MONAI ``SSIMMetric``,
 3D, data range 2), Dice (:mod:`lgesynth.dice`: NaN when neither mask has the structure) of the decoded
 myocardium and scar masks. Writes ``fit_metrics.csv`` (``id, section, psnr, ssim, dice_myo, dice_scar,
-steps``) and ``fit_summary.json`` (mean, min, percentiles over the defined values, how many were undefined,
-fraction meeting the targets) and puts the summary in ``engine.state.metrics`` so MONAI's MLFlowHandler
-(``--tracking mlflow``) logs it.
+steps, reached_target``) and ``fit_summary.json`` (mean, min, percentiles over the defined values, how many were
+undefined, fraction meeting the targets, and how many INRs reached the fit's targets, ``reached_target``,
+fell short of them, ``fell_short``, or are unknown, ``reached_target_unknown``) and puts the summary in
+``engine.state.metrics`` so MONAI's MLFlowHandler (``--tracking mlflow``) logs it.
+
+``reached_target`` is the fit's own verdict recorded in the bank (its full-grid metrics against the targets
+of the fit config when it stopped; empty in the CSV for a bank that did not record it); ``fraction_meeting_targets``
+is this evaluation's, against the ``targets`` given here.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from lgesynth.data.canonical_case import to_canonical
 from lgesynth.data.canonical_coords import canonical_coords
 from lgesynth.dice import dice
 from lgesynth.engines.base import BundleEngine
-from lgesynth.inr.bank import load_bank
+from lgesynth.inr.bank import load_bank, reached_target
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.render import render_volume
 from lgesynth.io import write_csv, write_json
 
-COLUMNS = ("id", "section", "psnr", "ssim", "dice_myo", "dice_scar", "steps")
+COLUMNS = ("id", "section", "psnr", "ssim", "dice_myo", "dice_scar", "steps", "reached_target")
 
 
 def meets_targets(row: dict, targets: dict) -> bool:
@@ -38,9 +43,15 @@ def meets_targets(row: dict, targets: dict) -> bool:
 
 
 def summarise(rows: list[dict], targets: dict | None = None) -> dict:
-    """Distribution of each metric over its finite values (``_n`` of them, ``_undefined`` NaN) and the
-    fraction of subjects meeting ``targets`` (:func:`meets_targets`)."""
+    """Distribution of each metric over its finite values (``_n`` of them, ``_undefined`` NaN), the
+    fraction of subjects meeting ``targets`` (:func:`meets_targets`) and, for rows with ``reached_target``
+    (the fit's verdict: True, False or None), the counts ``reached_target``, ``fell_short`` and
+    ``reached_target_unknown``."""
     out = {"subjects": len(rows)}
+    if rows and all("reached_target" in r for r in rows):
+        flags = [r["reached_target"] for r in rows]
+        out.update(reached_target=sum(f is True for f in flags), fell_short=sum(f is False for f in flags),
+                   reached_target_unknown=sum(f is None for f in flags))
     for key in ("psnr", "ssim", "dice_myo", "dice_scar"):
         v = np.array([r[key] for r in rows], dtype=np.float64)
         out[f"{key}_undefined"] = int(np.isnan(v).sum())
@@ -102,7 +113,8 @@ class InrBankEvaluator(BundleEngine):
         ssim = ssim_3d(image, case.image)
         row = {"id": subject["id"], "section": subject["source"].get("section", ""), "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
                "ssim": ssim, "dice_myo": dice(label > 0, case.label > 0), "dice_scar": dice(label == 2, case.label == 2),
-               "has_scar": bool((case.label == 2).any()), "steps": subject.get("steps")}
+               "has_scar": bool((case.label == 2).any()), "steps": subject.get("steps"),
+               "reached_target": reached_target(subject)}
         self.rows.append(row)
         if self._bar is not None:
             self._bar.update(1)

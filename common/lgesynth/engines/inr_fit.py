@@ -92,6 +92,8 @@ class InrFitTrainer(BundleEngine):
         self.init_record, self.init_params = None, None
         self.pending: list[list[int]] = []
         self.chunks = 1
+        self.fell_short: list[str] = []  # ids of the subjects fitted in this run that stopped short of a target
+        self.fitted = 0
         self._bar = None
         self.attach_handlers(train_handlers)
         self.add_event_handler(Events.COMPLETED, self._close)
@@ -182,6 +184,10 @@ class InrFitTrainer(BundleEngine):
     def _close(self, engine: Engine) -> None:
         if self._bar is not None:
             self._bar.close()
+        if self.fell_short:
+            logger.warning("inr_fit: %d of %d subjects fitted in this run stopped at max_steps short of their targets "
+                           "(reached_target false in inr_bank.json): %s", len(self.fell_short), self.fitted,
+                           ", ".join(self.fell_short))
 
     # -- one chunk ------------------------------------------------------------------------------
     def _process(self, engine: Engine, _batch) -> list[dict]:
@@ -197,9 +203,13 @@ class InrFitTrainer(BundleEngine):
             if self._bar is not None and info.finished:
                 self._bar.update(len(info.finished))
 
-        result = fit(targets, self.coords, self.init_params, self.spec, self.fit_config, on_step, subject_ids=idx)
         cases = [self.cohort.cases[i] for i in idx]
         entries = [self.cohort.entries[i] for i in idx]
+        # a subject stopped at max_steps short of a target is logged by fit (a warning naming its id)
+        result = fit(targets, self.coords, self.init_params, self.spec, self.fit_config, on_step, subject_ids=idx,
+                     names=[e["id"] for e in entries])
+        self.fell_short += [e["id"] for e, ok in zip(entries, result.reached) if not ok]
+        self.fitted += len(idx)
         part = bank_from_fit(
             self.spec, self.init_record, result, [e["id"] for e in entries],
             sources=[{"image": e["image"], "label": e["label"], "section": e["section"]} for e in entries],
@@ -218,6 +228,7 @@ class InrFitTrainer(BundleEngine):
             "dice_scar_mean": float(np.mean(scar)) if scar else float("nan"),
             "dice_scar_min": float(np.min(scar)) if scar else float("nan"),
             "steps_mean": float(np.mean(result.steps)), "reached_fraction": float(np.mean(result.reached)),
+            "fell_short": int(len(idx) - sum(result.reached)),
             "subjects_per_minute": 60.0 * len(idx) / seconds,
         }
         engine.state.metrics = {k: v for k, v in out.items() if v == v}

@@ -7,8 +7,12 @@ Files in a bank folder (all written atomically):
   (settings), ``weights_sha256`` (of the safetensors file, so a torn pair is detected) and
   ``subjects``: per subject ``id``, ``source`` (files), ``canonical`` (the caller's canonical-grid meta,
   opaque), ``normalisation`` (intensity constants), ``psnr``, ``dice_myo``, ``dice_scar`` (None when
-  undefined, ``lgesynth.dice``), ``has_scar`` (the label has scar), ``steps``, ``reached``, in the order of
-  the tensors' first dim.
+  undefined, ``lgesynth.dice``), ``has_scar`` (the label has scar), ``steps``, ``reached_target`` (bool: the
+  fit met the targets of its config, ``fit.config``; False: it stopped at ``max_steps`` short of one) and
+  ``reached`` (the same verdict under its first name, kept for older readers), in the order of the tensors'
+  first dim. Read it with :func:`reached_target` / ``InrBank.reached_targets``: a bank written before the
+  field gives it from ``reached`` (same rule), and one with neither None (unknown, not False). ``load_bank``
+  returns the stored subject records as they are.
 - ``inr_init.safetensors`` (meta-learned init only): the init's parameters (one subject); ``init`` in
   the JSON is then ``{"kind": "meta", "file": "inr_init.safetensors", "sha256": ..., ...}``, otherwise
   ``{"kind": "seed", "seed": s}``. The checksum is over parameter names, shapes and float32 bytes.
@@ -91,6 +95,15 @@ def load_init(directory: str | Path, init: dict, spec: SirenSpec) -> list[torch.
     return params
 
 
+def reached_target(subject: dict) -> bool | None:
+    """Whether a bank subject's fit met its targets: ``reached_target``, else the older ``reached`` (the same
+    verdict), else None (unknown: the bank did not record it)."""
+    for key in ("reached_target", "reached"):
+        if isinstance(subject.get(key), bool):
+            return subject[key]
+    return None
+
+
 @dataclass
 class InrBank:
     """In-memory bank: ``weights[name]`` has a leading subject dim N = ``len(subjects)``."""
@@ -107,6 +120,11 @@ class InrBank:
     @property
     def ids(self) -> list[str]:
         return [s["id"] for s in self.subjects]
+
+    @property
+    def reached_targets(self) -> list[bool | None]:
+        """Per subject, whether its fit met its targets (:func:`reached_target`; None: not recorded)."""
+        return [reached_target(s) for s in self.subjects]
 
     def stacked(self) -> list[torch.Tensor]:
         """``[w0 (N, in, out), b0 (N, out), ...]`` for ``batched_forward`` / ``render``."""
@@ -240,5 +258,6 @@ def bank_from_fit(spec: SirenSpec, init: dict, result, ids: list[str], sources: 
                  "normalisation": (normalisation or [{}] * n)[i], "psnr": float(result.psnr[i]),
                  "dice_myo": float(result.dice_myo[i]), "dice_scar": nan_to_none(result.dice_scar[i]),
                  **({"has_scar": bool(result.has_scar[i])} if result.has_scar else {}),
-                 "steps": int(result.steps[i]), "reached": bool(result.reached[i])} for i in range(n)]
+                 "steps": int(result.steps[i]), "reached_target": bool(result.reached[i]),
+                 "reached": bool(result.reached[i])} for i in range(n)]
     return InrBank.from_fit(spec, init, result.params, subjects, fit_config)

@@ -6,9 +6,11 @@ Adam update on the stacked weights. Every ``check_every`` steps, subjects whose 
 are near the targets are evaluated on the full grid (fp32; at most once per ``recheck_after`` steps); a subject that meets all targets (PSNR, Dice
 myocardium, Dice scar if it has scar) is finished: its weights are copied out and its slot is given
 to the next queued subject (fresh Adam state, same init). So finished subjects stop changing, and
-the batch stays full until the queue is empty; a subject that reaches ``max_steps`` is finished with
-``reached=False``. With S <= batch_size this is "fit one batch"; an engine can call it per batch and
-use the per-step ``callback`` (``StepInfo``: losses, finished subjects and their final weights) for
+the batch stays full until the queue is empty; a subject that reaches ``max_steps`` is finished there,
+with ``reached`` telling whether its full-grid metrics meet the targets at that point. One that does not
+is not silent: ``fit`` logs a warning (logger ``lgesynth.inr_fit``, :func:`shortfall`) naming the subject
+and what it reached against what was asked. With S <= batch_size this is "fit one batch"; an engine can
+call it per batch and use the per-step ``callback`` (``StepInfo``: losses, finished subjects and their final weights) for
 logging and for writing finished subjects out at once.
 
 A subject's fit depends only on its own data, the init, the config and its ``subject_id``, not on which
@@ -23,6 +25,7 @@ torchrun gives the single-process bank within that noise (``tests/test_inr_fit_b
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -34,6 +37,8 @@ from lgesynth.inr.loss import LossWeights, fit_metrics, joint_loss_grad, psnr
 from lgesynth.inr.render import CHUNK, forward_chunked
 from lgesynth.inr.sampling import PointSampler, seed_of
 from lgesynth.inr.siren import SirenSpec
+
+logger = logging.getLogger("lgesynth.inr_fit")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -110,7 +115,7 @@ class FitResult:
     psnr: list[float]
     dice_myo: list[float]
     dice_scar: list[float]  # NaN for a subject without scar whose fit shows none (lgesynth.dice)
-    reached: list[bool]
+    reached: list[bool]  # the full-grid metrics meet the targets (``_meets``); False: stopped at max_steps short of them
     seconds: float
     total_subject_steps: int
     has_scar: list[bool] = field(default_factory=list)  # the subject's label has scar
@@ -238,9 +243,22 @@ def _meets(cfg: FitConfig, m: dict[str, torch.Tensor], i: int, db: float = 0.0, 
             and (not bool(m["has_scar"][i]) or float(m["dice_scar"][i]) >= cfg.target_dice_scar - dice))
 
 
+def shortfall(cfg: FitConfig, steps: int, psnr_db: float, dice_myo: float, dice_scar: float, has_scar: bool) -> str:
+    """What a subject reached against the targets of ``cfg``, for the warning of a fit that stopped short, e.g.
+    ``stopped at max_steps 1000 at 29.3 dB (target 30.0), Dice myo 0.998 (0.95), scar 0.910 (0.80); short of PSNR``.
+    The scar target counts only for a subject with scar (as ``_meets``)."""
+    short = [name for name, value, target, applies in (("PSNR", psnr_db, cfg.target_psnr, True),
+                                                      ("Dice myo", dice_myo, cfg.target_dice_myo, True),
+                                                      ("Dice scar", dice_scar, cfg.target_dice_scar, has_scar))
+             if applies and not value >= target]  # NaN counts as short
+    scar = f"scar {dice_scar:.3f} ({cfg.target_dice_scar:.2f})" if has_scar else "no scar (no scar target)"
+    return (f"stopped at max_steps {steps} at {psnr_db:.1f} dB (target {cfg.target_psnr:.1f}), "
+            f"Dice myo {dice_myo:.3f} ({cfg.target_dice_myo:.2f}), {scar}; short of {', '.join(short) or 'nothing'}")
+
+
 def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], spec: SirenSpec = SirenSpec(),
         config: FitConfig = FitConfig(), callback: Callable[[StepInfo], None] | None = None,
-        subject_ids: list[int] | None = None) -> FitResult:
+        subject_ids: list[int] | None = None, names: list[str] | None = None) -> FitResult:
     """Fit one SIREN per subject, all from the same ``init``.
 
     Args:
@@ -251,6 +269,8 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
         callback: called after every step with a ``StepInfo``.
         subject_ids: ``(subjects,)`` integers that seed each subject's point draws (``BatchFitter``), e.g.
             the subjects' positions in the datalist; default ``0..subjects-1``.
+        names: ``(subjects,)`` names (e.g. datalist ids) for the warning logged when a subject stops at
+            ``max_steps`` short of a target (default: its ``subject_ids`` entry).
     Returns:
         ``FitResult`` with stacked fp32 params in subject order and per-subject steps and metrics.
     """
@@ -316,6 +336,11 @@ def fit(targets: torch.Tensor, coords: torch.Tensor, init: list[torch.Tensor], s
                 finished += finish(capped, m, False)
                 for s in finished[-len(capped):]:
                     reached[s] = _meets(cfg, {k: torch.tensor([metrics[k][s]]) for k in metrics}, 0)
+                    if not reached[s]:
+                        name = names[s] if names is not None else (subject_ids[s] if subject_ids is not None else s)
+                        logger.warning("inr_fit: subject %s %s", name, shortfall(
+                            cfg, steps[s], metrics["psnr"][s], metrics["dice_myo"][s], metrics["dice_scar"][s],
+                            bool(metrics["has_scar"][s])))
             if finished and queue:
                 take = queue[: fitter.slots - fitter.n]
                 queue = queue[len(take):]
