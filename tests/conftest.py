@@ -312,3 +312,21 @@ def monai_bundle_cli(*args, cwd: Path, fresh_process: bool = True, timeout: floa
     finally:
         sys.argv = argv
         os.chdir(here)
+
+
+# A pipeline preset that runs every bundle stage in seconds on conftest stacks (tests/test_pipeline.py,
+# tests/test_mlflow_tags.py); the scar_seg experiment is added by the test that needs it.
+TINY_PRESET = {
+    "name": "tiny",
+    "threads": 1,
+    "inr_fit": {"train": {"grid": {"shape": [24, 24, 6]}, "spec": {"hidden_features": 32, "hidden_layers": 2},
+                          "fit#max_steps": 30, "fit#points": 1024, "fit#batch_size": 4, "fit#check_every": 10,
+                          "init#outer_steps": 2, "init#inner_steps": 2, "chunk_subjects": 4}},
+    "inr2vec": {"train": {"steps": 8, "epoch_length": 4, "subjects_per_batch": 4, "points": 512, "bf16": False,
+                          "encoder_args": {"width": 32, "depth": 1, "pool": "maxmean"},
+                          "decoder_args": {"hidden": 32, "layers": 2, "num_freqs": 3}, "latent_dim": 16}},
+    "edm_synth": {"train": {"steps": 10, "epoch_length": 5, "batch_size": 4,
+                            "denoiser_args": {"hidden": 32, "blocks": 1, "emb_dim": 16, "noise_channels": 8,
+                                              "noise_embedding": "positional", "dropout": 0.0}},
+                  "inference": {"num_samples": 3, "num_steps": 4}},
+}

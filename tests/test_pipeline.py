@@ -8,19 +8,9 @@ import json
 import pytest
 import yaml
 
+from conftest import TINY_PRESET as TINY
 from conftest import write_tiny_datalist
 from lgesynth.pipeline import Pipeline, load_preset
-
-TINY = {
-    "name": "tiny",
-    "threads": 1,
-    "inr_fit": {"train": {"grid": {"shape": [24, 24, 6]}, "spec": {"hidden_features": 32, "hidden_layers": 2},
-                          "fit#max_steps": 30, "fit#points": 1024, "fit#batch_size": 4, "fit#check_every": 10,
-                          "init#outer_steps": 2, "init#inner_steps": 2, "chunk_subjects": 4}},
-    "inr2vec": {"train": {"steps": 8, "epoch_length": 4, "subjects_per_batch": 4, "points": 512, "bf16": False,
-                          "encoder_args": {"width": 32, "depth": 1, "pool": "maxmean"},
-                          "decoder_args": {"hidden": 32, "layers": 2, "num_freqs": 3}, "latent_dim": 16}},
-}
 
 
 @pytest.fixture(scope="module")

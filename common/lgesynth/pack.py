@@ -1,5 +1,11 @@
 """``lgesynth pack``: a bundle folder -> a MONAI model-zoo zip ``<name>_v<version>.zip``.
 
+A bundle folder is any folder with ``configs/`` (``docs/``) and the trained ``models/``: the main job's
+``OUT/edm_synth`` is one (``lgesynth pipeline`` copies the bundle's configs and docs beside the generator
+it trains, :func:`lgesynth.bundles.make_bundle_folder`), so ``lgesynth pack OUT/edm_synth`` zips what the
+run trained, as it is; so is a repository bundle trained in place (``bundles/scar_seg`` trained with
+``--models_dir bundles/scar_seg/models``).
+
 As the zoo's release zips, the archive has one top folder, the bundle name (the folder's name; the
 ``name`` of ``metadata.json`` is a display name), holding:
 

@@ -7,7 +7,8 @@ unless ``--tracking_uri``):
     data        phantom cohort (default) or the user's datalist; validated; fingerprint
     inr_fit     train.yaml -> DIR/inr_fit (bank), evaluate.yaml -> fit_metrics.csv
     inr2vec     train.yaml -> DIR/inr2vec, inference.yaml encode -> latents, evaluate.yaml
-    edm_synth   train.yaml -> DIR/edm_synth, inference.yaml -> DIR/synthetic (cohort + report)
+    edm_synth   train.yaml -> DIR/edm_synth, inference.yaml -> DIR/synthetic (cohort + report);
+                DIR/edm_synth is a bundle folder (configs/, docs/, models/): lgesynth pack DIR/edm_synth
     scar_seg    the experiment: baseline vs augmented -> DIR/experiment/comparison.json
     report      DIR/report.html
 
@@ -26,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from lgesynth.bundles import bundle_dir, make_bundle_folder
 from lgesynth.io import write_json
 
 logger = logging.getLogger("lgesynth.pipeline")
-REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 PRESETS = Path(__file__).resolve().parent / "presets"
 STAGES = ("data", "inr_fit", "inr2vec", "edm_synth", "scar_seg", "report")
 
@@ -59,7 +60,8 @@ class Pipeline:
         data: the user's datalist; None makes a phantom cohort (the embedded default).
         tracking_uri: MLflow tracking URI (default: SQLite under ``out``).
         experiment_name: MLflow experiment (default ``lgesynth_<preset>``).
-        bundles: folder holding the four bundles (default: this repository's).
+        bundles: folder holding the four bundles (default: the installed package's,
+            :func:`lgesynth.bundles.bundle_dir`: the repository's ``bundles/`` in an editable install).
         stages: run only these stages (names from ``STAGES``).
     """
 
@@ -71,26 +73,45 @@ class Pipeline:
         self.data = None if data is None else Path(data).resolve()
         self.tracking_uri = tracking_uri or f"sqlite:///{self.out / 'mlruns.db'}"
         self.experiment_name = experiment_name or f"lgesynth_{self.preset.get('name', 'custom')}"
-        self.bundles = Path(bundles) if bundles else REPO_BUNDLES
+        self.bundles = Path(bundles) if bundles else None  # None: lgesynth.bundles.bundles_root()
         self.stages = tuple(stages) if stages else STAGES
         self.times: dict[str, float] = {}
         self.dataset = "phantom" if self.data is None else self.data.parent.name
 
     # -- plumbing -------------------------------------------------------------------------------
-    def run_bundle(self, bundle: str, config: str, run_id: str = "run", track: bool = True, **overrides) -> None:
-        """``python -m monai.bundle run`` in-process, with MLflow settings of this pipeline."""
+    def run_bundle(self, bundle: str, config: str, run_id: str = "run", track: bool = True, tags: dict | None = None,
+                   **overrides) -> None:
+        """``python -m monai.bundle run`` in-process, with MLflow settings of this pipeline.
+
+        ``tags``: more MLflow tags for the run, over :meth:`run_tags` (preset, dataset, seed), passed as the
+        config's ``run_tags`` (the tagging scheme: ``lgesynth.engines.tracking``)."""
         from monai.bundle import run
 
-        configs = self.bundles / bundle / "configs"
+        configs = bundle_dir(bundle, self.bundles) / "configs"
         kwargs = dict(overrides)
         if track:
             kwargs.update(tracking="mlflow", tracking_uri=self.tracking_uri, experiment_name=self.experiment_name,
                           run_name=f"{bundle}_{Path(config).stem}" + ("" if run_id == "run" else f"_{run_id}"))
+            kwargs["run_tags"] = {**self.run_tags(bundle, configs), **dict(tags or {})}
         if self.preset.get("threads"):
             kwargs.setdefault("num_threads", int(self.preset["threads"]))
         logger.info("stage %s: %s %s", bundle, config, run_id)
         run(run_id=run_id, config_file=str(configs / config), meta_file=str(configs / "metadata.json"),
             logging_file=False, **kwargs)
+
+    def run_tags(self, bundle: str, configs: Path | None = None) -> dict:
+        """The tags this pipeline gives every MLflow run of ``bundle`` (``lgesynth.engines.tracking``): ``preset``
+        (the preset's name), ``dataset`` (``dataset_name`` of the datalist) and ``seed``, the stage's training
+        seed (the preset's ``<bundle>.train.seed``, else ``configs/train.yaml``'s); a config's own ``seed``
+        wins over it, so it tags the runs of configs without one (evaluate.yaml)."""
+        from lgesynth.engines.tracking import dataset_name
+
+        seed = dict(dict(self.preset.get(bundle) or {}).get("train") or {}).get("seed")
+        train = Path(configs) / "train.yaml" if configs is not None else None
+        if seed is None and train is not None and train.exists():
+            seed = (yaml.safe_load(train.read_text()) or {}).get("seed")
+        return {"preset": str(self.preset.get("name", "custom")), "dataset": dataset_name(self.datalist) or self.dataset,
+                "seed": seed}
 
     def _stage_record(self, name: str) -> Path:
         return self.out / ".stages" / f"{name}.json"
@@ -154,6 +175,9 @@ class Pipeline:
     def _edm_synth(self) -> None:
         o = self.preset.get("edm_synth", {})
         models = self.out / "edm_synth" / "models"
+        # OUT/edm_synth is the bundle folder of this run: its configs + docs beside the generator it trains
+        # (their bundle_root defaults then read OUT/edm_synth/models), so `lgesynth pack OUT/edm_synth` zips it
+        make_bundle_folder("edm_synth", models.parent, self.bundles)
         self.run_bundle("edm_synth", "train.yaml", inr2vec_dir=str(self.out / "inr2vec"), output_dir=str(self.out / "edm_synth"),
                         models_dir=str(models), **o.get("train", {}))
         self.run_bundle("edm_synth", "inference.yaml", models_dir=str(models), output_dir=str(self.out / "synthetic"),
@@ -163,6 +187,9 @@ class Pipeline:
         from lgesynth.seg.experiment import run_experiment
 
         o = dict(self.preset.get("scar_seg", {}).get("experiment", {}))
+        tags = {**self.run_tags("scar_seg"), "seed": None}  # each arm's runs carry its own seed
+        o["overrides"] = {"run_tags": tags, **dict(o.get("overrides") or {})}
+        o["evaluate_overrides"] = {"run_tags": tags, **dict(o.get("evaluate_overrides") or {})}
         run_experiment(self.datalist, self.out / "synthetic" / "datalist.json", self.out / "experiment",
                        tracking_uri=self.tracking_uri, experiment_name=self.experiment_name, **o)
 

@@ -46,13 +46,15 @@ from lgesynth.seg.experiment_tracking import (bundle_tracking, delete_runs, eval
                                               tag_arm_runs)
 
 logger = logging.getLogger("lgesynth.experiment")
-CONFIGS = Path(__file__).resolve().parents[3] / "bundles" / "scar_seg" / "configs"
 
 
 def _bundle_run(config: str, logging_file, **overrides) -> None:
     from monai.bundle import run
 
-    run(config_file=str(CONFIGS / config), meta_file=str(CONFIGS / "metadata.json"), logging_file=logging_file,
+    from lgesynth.bundles import bundle_dir
+
+    configs = bundle_dir("scar_seg") / "configs"  # the repository's (editable install) or the wheel's
+    run(config_file=str(configs / config), meta_file=str(configs / "metadata.json"), logging_file=logging_file,
         **overrides)
 
 

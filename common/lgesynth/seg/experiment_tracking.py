@@ -3,11 +3,16 @@
 One MLflow experiment (default store ``sqlite:///DIR/mlruns.db``) holds two runs per arm, which the
 bundles create (MONAI's MLFlowHandler, from the overrides of :func:`bundle_tracking` and a
 ``run_name``): the training run ``<condition>_seed<seed>`` and the evaluation run
-``<condition>_seed<seed>_eval`` (:func:`eval_run_name`). This module tags them
-(:func:`tag_arm_runs`: ``condition``, ``seed``, ``synthetic_ratio``, ``real_datalist``,
-``synthetic_datalist``, ``plan``, ``experiment_dir`` and ``stage``; the evaluation run also
-``train_run`` and ``min_scar_ml``), deletes a stale evaluation run before it is redone, and keeps
-``MLFLOW_TRACKING_URI`` from redirecting the bundles' runs (:func:`explicit_tracking_uri`).
+``<condition>_seed<seed>_eval`` (:func:`eval_run_name`). Like every run of the project they carry the
+standard tags of :mod:`lgesynth.engines.tracking` (``bundle`` scar_seg, ``stage`` train/evaluate,
+``preset``, ``dataset``, ``seed``, ``git_commit``), set by the scar_seg configs' ``RunInfoHandler`` with
+the caller's ``run_tags`` (the pipeline passes its preset and dataset in ``overrides`` /
+``evaluate_overrides``; "none" and the real datalist's name otherwise). This module adds the
+experiment's own tags (:func:`tag_arm_runs`: ``condition``, ``seed`` (the arm's, also on the evaluation
+run, whose config has none), ``synthetic_ratio``, ``real_datalist``, ``synthetic_datalist``, ``plan``,
+``experiment_dir``, ``bundle`` and ``stage``; the evaluation run also ``train_run`` and ``min_scar_ml``),
+deletes a stale evaluation run before it is redone, and keeps ``MLFLOW_TRACKING_URI`` from redirecting
+the bundles' runs (:func:`explicit_tracking_uri`).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ def tag_arm_runs(tracking: dict, arm: Arm, real: Path, synthetic: Path, syntheti
     augmented = arm.condition == "augmented"
     tags = {"condition": arm.condition, "seed": arm.seed, "synthetic_ratio": synthetic_ratio if augmented else 0,
             "real_datalist": real, "synthetic_datalist": synthetic if augmented else "", "plan": plan_path,
-            "experiment_dir": arm.folder.parent}
+            "experiment_dir": arm.folder.parent, "bundle": "scar_seg"}
     uri, name = tracking["tracking_uri"], tracking["experiment_name"]
     tag_runs(uri, name, arm.run_name, {**tags, "stage": "train"})
     tag_runs(uri, name, eval_run_name(arm), {**tags, "stage": "evaluate", "train_run": arm.run_name,
