@@ -186,20 +186,23 @@ def test_refined_latents_fit_the_subjects_inr_better_and_repeat(trained):
         assert (loss(pulled) < loss(z0)).all()
 
 
-def test_evaluate_scores_the_encode_runs_latents(trained):
-    """evaluate --latents reads the encode run's refined latents: the same figures as refining in place."""
-    enc, out = trained["root"] / "enc_refined", trained["root"] / "eval_from_latents"
-    refine = {"steps": 10, "lr": 0.01, "points": 512}
+def test_evaluate_refines_only_the_held_out_latents(trained):
+    """evaluate --latents reads the encode run's latents (the same figures as encoding in place); with
+    ``refine`` the held-out subjects' latents are refined and the training subjects keep the generator's."""
+    enc, out = trained["root"] / "enc_plain", trained["root"] / "eval_from_latents"
     _run("inference.yaml", "encode", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(enc),
-         refine=refine, num_threads=1)
-    assert load_latents(enc).source["refine"] == refine
-    _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out),
-         latents=str(enc / "latents.json"), num_threads=1)
-    _run("evaluate.yaml", model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), output_dir=str(out / "here"),
-         refine=refine, num_threads=1)
-    a, b = (json.loads((d / "inr2vec_metrics.json").read_text()) for d in (out, out / "here"))
-    assert a["latents"] == str(enc / "latents.json") and b["latents"] == {"refine": refine}
-    assert a["psnr_test"] == pytest.approx(b["psnr_test"], abs=1e-4) and a["dice_myo_train"] == pytest.approx(b["dice_myo_train"])
+         num_threads=1)
+    common = dict(model_dir=str(trained["out"]), bank_dir=str(trained["bank"]), num_threads=1)
+    _run("evaluate.yaml", output_dir=str(out), latents=str(enc / "latents.json"), **common)
+    _run("evaluate.yaml", output_dir=str(out / "here"), **common)
+    refine = {"steps": 10, "lr": 0.05, "points": 512, "pull": 0.0}
+    _run("evaluate.yaml", output_dir=str(out / "refined"), latents=str(enc / "latents.json"), refine=refine, **common)
+    a, here, r = (json.loads((d / "inr2vec_metrics.json").read_text()) for d in (out, out / "here", out / "refined"))
+    assert a["latents"]["latents"] == str(enc / "latents.json") and here["latents"]["latents"] == "encoded"
+    assert a["psnr_test"] == pytest.approx(here["psnr_test"], abs=1e-4)
+    assert r["latents"]["refined"] == "held-out subjects" and a["latents"]["refined"] == "none"
+    assert r["psnr_train"] == a["psnr_train"] and r["dice_myo_train"] == a["dice_myo_train"]
+    assert r["psnr_test"] != pytest.approx(a["psnr_test"], abs=1e-4)
 
 
 def test_siren_decoder_starts_from_the_bank_init_and_decodes(bank, tmp_path):

@@ -139,12 +139,23 @@ def bank_latents(model: Inr2VecModel, bank: InrBank, refine: dict | None = None,
     """``(subjects, latent_dim)`` on the model's device: the encoder's latents, then, when ``refine`` has
     ``steps`` > 0, :func:`lgesynth.inr2vec.refine.refine_latents` with its ``steps``, ``lr``, ``points``."""
     device = next(model.parameters()).device
-    params = [p.to(device) for p in bank.stacked()]
-    z = encode_bank(model.encoder, params)
-    if refine and int(refine.get("steps", 0)) > 0:
-        grid = CanonicalGrid.from_dict(bank.fit.get("grid"))
-        coords = canonical_coords(grid.shape, float(bank.fit.get("z_extent", 1.0))).to(device)
-        z = refine_latents(model, params, z, coords, progress=progress, **refine)
+    z = encode_bank(model.encoder, [p.to(device) for p in bank.stacked()])
+    return refine_rows(model, bank, z, range(len(bank)), refine, progress)
+
+
+def refine_rows(model: Inr2VecModel, bank: InrBank, z: torch.Tensor, rows, refine: dict | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """``z (subjects, latent_dim)`` with the latents of bank subjects ``rows`` refined by ``refine`` (when its
+    ``steps`` > 0, :func:`lgesynth.inr2vec.refine.refine_latents`), the others unchanged."""
+    rows = list(rows)
+    if not refine or int(refine.get("steps", 0)) <= 0 or not rows:
+        return z
+    device = next(model.parameters()).device
+    params = [p[rows].to(device) for p in bank.stacked()]
+    grid = CanonicalGrid.from_dict(bank.fit.get("grid"))
+    coords = canonical_coords(grid.shape, float(bank.fit.get("z_extent", 1.0))).to(device)
+    z = z.to(device).clone()
+    z[rows] = refine_latents(model, params, z[rows], coords, progress=progress, **refine)
     return z
 
 
@@ -258,7 +269,9 @@ class Inr2VecEvaluator(BundleEngine):
     The summary becomes ``state.metrics`` for MLflow (``--tracking mlflow``).
 
     Latents: ``latents`` (a ``latents.json`` of an encode run of this bank and encoder) when given, else
-    encoded here and refined with ``refine`` (:func:`bank_latents`); the summary records which.
+    encoded here; then the held-out subjects' (every role but ``train``) refined with ``refine``
+    (:func:`refine_rows`): the training subjects keep the latents the generator learns from, held-out ones
+    are scored as a test-time-refined code would render them. The summary records which.
     """
 
     def __init__(self, model: Inr2VecModel, bank_dir: str, output_dir: str, montage_subjects: int = 4,
@@ -271,9 +284,12 @@ class Inr2VecEvaluator(BundleEngine):
         self.roles = {sid: role for role, ids in split.items() for sid in ids}  # id -> train | val | test
         check_bank(model, self.bank, bank_dir)
         self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
-        # latents: those of an encode run (--latents), else encoded (and refined) here
-        self.latents = latents_for_bank(model, self.bank, latents) if latents else bank_latents(model, self.bank, refine, progress)
-        self.latent_source = str(latents) if latents else {"refine": dict(refine or {"steps": 0})}
+        # latents: those of an encode run (--latents), else encoded here; the held-out ones refined
+        z = latents_for_bank(model, self.bank, latents) if latents else bank_latents(model, self.bank)
+        held_out = [i for i, s in enumerate(self.bank.subjects) if self._role(s) != "train"]
+        self.latents = refine_rows(model, self.bank, z, held_out, refine, progress)
+        self.latent_source = {"latents": str(latents) if latents else "encoded", "refine": dict(refine or {"steps": 0}),
+                              "refined": "held-out subjects" if refine and int(refine.get("steps", 0)) > 0 else "none"}
         win = min(7, *[s if s % 2 else s - 1 for s in self.grid.shape])
         from monai.metrics import SSIMMetric
 
@@ -286,6 +302,10 @@ class Inr2VecEvaluator(BundleEngine):
 
             self._bar = tqdm(total=len(self.bank), desc="inr2vec evaluate", unit="subject")
         self.attach_handlers(val_handlers, finish=self._finish)  # MLFlowHandler's epoch log sees the summary
+
+    def _role(self, subject: dict) -> str:
+        section = subject.get("source", {}).get("section", "")
+        return self.roles.get(subject["id"], _ROLE.get(section, section))
 
     def run_data(self) -> list[int]:
         """All subjects in one epoch; the files and metrics are written at its end."""
@@ -304,8 +324,7 @@ class Inr2VecEvaluator(BundleEngine):
         image, label = images[0], labels[0]
         mse = float(np.mean((image - case.image) ** 2))
         ssim = float(self.ssim(torch.from_numpy(image)[None, None], torch.from_numpy(case.image)[None, None]).item())
-        section = src.get("section", "")
-        row = {"id": subject["id"], "section": section, "role": self.roles.get(subject["id"], _ROLE.get(section, section)),
+        row = {"id": subject["id"], "section": src.get("section", ""), "role": self._role(subject),
                "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
                "ssim": ssim, "dice_myo": dice(label > 0, case.label > 0), "dice_scar": dice(label == 2, case.label == 2),
                **mask_fidelity(label, case.label, spacing_from_affine(case.affine)),
