@@ -145,3 +145,10 @@ def test_the_check_sees_function_local_relative_and_package_imports(tmp_path):
     assert cycles(graph) == [["toy", "toy.a", "toy.sub.b", "toy"]]
     (pkg / "sub" / "b.py").write_text("import numpy\n")
     assert cycles(import_graph(tmp_path, "toy")) == []
+
+
+def test_every_module_holds_one_job_under_400_lines():
+    """A module past ~400 lines is two ideas: split it along its jobs."""
+    long = {name: n for name, path in module_files(COMMON, PACKAGE).items()
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"
