@@ -4,7 +4,7 @@ A case (short-axis LGE stack + label) goes to a fixed voxel grid, by default 96 
 (x, y, slices), in four invertible steps, each a MONAI dictionary transform so that bundle
 configs can use them by ``_target_`` and ``Compose.inverse`` can undo them:
 
-1. **Orientation, slice axis last** (``canonical_orientation``): DESIGN.md asks for "oriented
+1. **Orientation, slice axis last** (``canonical_orientation``): not a resample to "oriented
    RAS"; voxel axes are only permuted and flipped, never interpolated across 5–10 mm slices.
 2. **Crop around the myocardium** (``canonical_crop``): a square-in-mm box in plane, exactly the
    slices holding myocardium through the stack.

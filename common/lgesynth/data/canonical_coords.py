@@ -1,6 +1,6 @@
 """Geometry of the canonical box and coordinates on it (the INR input frame).
 
-Coordinates (DESIGN.md): voxel centres of the canonical box with ``align_corners=False``
+Coordinates: voxel centres of the canonical box with ``align_corners=False``
 convention, x and y in [-1, 1], z in [-a, a] with ``a = physical_aspect(meta)`` = z extent /
 in-plane extent of the box, so that one coordinate unit is the same length in mm on every axis.
 Any other grid over the same box (``coords_for_spacing``, e.g. 1 mm isotropic for

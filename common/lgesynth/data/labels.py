@@ -1,4 +1,4 @@
-"""The label convention of lgesynth (DESIGN.md, data contract).
+"""The label convention of lgesynth (the README's data contract).
 
 ``0`` background, ``1`` healthy myocardium, ``2`` scar (fibrosis / infarct, incl. no-reflow).
 Myocardium mask = label in {1, 2}; scar mask = label == 2, so scar lies inside the myocardium by

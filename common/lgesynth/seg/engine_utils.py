@@ -5,7 +5,7 @@
 - :class:`GlobalBatchDiceCELoss`: MONAI's ``DiceCELoss`` with batch Dice, the Dice sums taken over the
   batches of all torchrun ranks (as nnU-Net's DDP trainer does), so DDP trains on the loss of the
   global batch rather than on the mean of per-rank batch Dice losses.
-- :class:`StructureMasksd` and :func:`structure_output`: Dice on our structures (DESIGN.md, data
+- :class:`StructureMasksd` and :func:`structure_output`: Dice on our structures (the README's data
   contract), myocardium = label in {1, 2} and scar = label 2, rather than on the classes 1 and 2.
 - :func:`plan_inferer`: sliding-window inference with the plan's patch: MONAI's
   ``SlidingWindowInferer`` for 3D plans, ``SliceInferer`` (the same windows, slice by slice along the

@@ -1,6 +1,6 @@
 """Dice, 95 % Hausdorff distance (mm) and scar burden error, overall and per basal / mid / apical third.
 
-Structures: myocardium = label in {1, 2}; scar = label == 2 (DESIGN.md, data contract).
+Structures: myocardium = label in {1, 2}; scar = label == 2 (the README's data contract).
 
 Definitions:
 
