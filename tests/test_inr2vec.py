@@ -263,7 +263,10 @@ def test_the_final_decoder_is_the_default_checkpoint(tmp_path):
 def test_contrast_fidelity_sees_a_dull_scar_and_a_narrowed_contrast():
     import numpy as np
 
-    from lgesynth.inr2vec.fidelity import cohort_fidelity, contrast_fidelity
+    from lgesynth.inr2vec.fidelity import cohort_fidelity, mask_fidelity
+
+    def contrast_fidelity(decoded_image, decoded, true_image, true):
+        return mask_fidelity(decoded, true, (1.5, 1.5, 8.0), decoded_image, true_image)
 
     yy, xx = np.mgrid[:32, :32]
     r = np.hypot(xx - 15.5, yy - 15.5)

@@ -35,7 +35,7 @@ from lgesynth.inr.siren import SirenSpec
 from lgesynth.inr2vec.decoder import build_decoder
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
 from lgesynth.inr2vec.fidelity import COLUMNS as FIDELITY_COLUMNS
-from lgesynth.inr2vec.fidelity import cohort_fidelity, contrast_fidelity, mask_fidelity, save_fidelity_figure
+from lgesynth.inr2vec.fidelity import cohort_fidelity, mask_fidelity, save_fidelity_figure
 from lgesynth.inr2vec.latents import LATENTS_JSON, Latents, load_latents, save_latents, scar_record, state_sha256
 from lgesynth.inr2vec.probe import linear_probe_accuracy
 from lgesynth.inr2vec.refine import refine_latents
@@ -327,8 +327,8 @@ class Inr2VecEvaluator(BundleEngine):
         row = {"id": subject["id"], "section": src.get("section", ""), "role": self._role(subject),
                "psnr": 10 * np.log10(4 / max(mse, 1e-12)),
                "ssim": ssim, "dice_myo": dice(label > 0, case.label > 0), "dice_scar": dice(label == 2, case.label == 2),
-               **mask_fidelity(label, case.label, spacing_from_affine(case.affine)),
-               **contrast_fidelity(image, label, case.image, case.label), **scar_record(case.label)}
+               **mask_fidelity(label, case.label, spacing_from_affine(case.affine), image, case.image),
+               **scar_record(case.label)}
         self.rows.append(row)
         if len(self.panels) < self.montage_subjects:
             from lgesynth.viz import mid_slice

@@ -35,27 +35,23 @@ def _ratio(decoded: float, true: float) -> float:
     return float(decoded / true) if true > 0 and np.isfinite(decoded) and np.isfinite(true) else float("nan")
 
 
-def mask_fidelity(decoded: np.ndarray, true: np.ndarray, spacing_mm) -> dict[str, float]:
+def mask_fidelity(decoded: np.ndarray, true: np.ndarray, spacing_mm, decoded_image: np.ndarray | None = None,
+                  true_image: np.ndarray | None = None) -> dict[str, float]:
     """``COLUMNS`` of one subject from its decoded and true labels ``(X, Y, Z)`` (0/1/2, slice axis last)
-    on one grid of voxel size ``spacing_mm (3,)``."""
+    on one grid of voxel size ``spacing_mm (3,)``; with the two images (canonical units) also the scar
+    contrasts, each image with its own label (NaN without them, or where a label has no scar or no
+    healthy myocardium). One ``volume_features`` pass per label gives wall thickness and contrast."""
     if decoded.shape != true.shape:
         raise ValueError(f"decoded label {decoded.shape} and true label {true.shape} are on different grids")
     out = {}
     for name, region in (("myo", (1, 2)), ("scar", (2,))):
         t, d = int(np.isin(true, region).sum()), int(np.isin(decoded, region).sum())
         out.update({f"{name}_voxels_true": t, f"{name}_voxels_decoded": d, f"{name}_ratio": _ratio(d, t)})
-    wall_true = volume_features(None, true, spacing_mm)["wall_thickness_mm"]
-    wall_dec = volume_features(None, decoded, spacing_mm)["wall_thickness_mm"] if out["myo_voxels_decoded"] else float("nan")
-    out.update(wall_mm_true=wall_true, wall_mm_decoded=wall_dec, wall_ratio=_ratio(wall_dec, wall_true))
+    f_true, f_dec = volume_features(true_image, true, spacing_mm), volume_features(decoded_image, decoded, spacing_mm)
+    out.update(wall_mm_true=f_true["wall_thickness_mm"], wall_mm_decoded=f_dec["wall_thickness_mm"],
+               wall_ratio=_ratio(f_dec["wall_thickness_mm"], f_true["wall_thickness_mm"]),
+               contrast_scar_true=f_true["contrast_scar_remote"], contrast_scar_decoded=f_dec["contrast_scar_remote"])
     return out
-
-
-def contrast_fidelity(decoded_image: np.ndarray, decoded: np.ndarray, true_image: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """``contrast_scar_true`` / ``contrast_scar_decoded`` of one subject: images ``(X, Y, Z)`` in canonical units with
-    their labels (0/1/2); NaN where the label has no scar or no healthy myocardium."""
-    key = "contrast_scar_remote"
-    return {"contrast_scar_true": volume_features(true_image, true, (1.0, 1.0, 1.0))[key],
-            "contrast_scar_decoded": volume_features(decoded_image, decoded, (1.0, 1.0, 1.0))[key]}
 
 
 def _finite(values) -> np.ndarray:
