@@ -89,7 +89,8 @@ def stats(*datalists: str, out: str | None = None) -> None:
 
 def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str = "cpu", budget_minutes: float | None = None,
                synthetic_ratio=0.5, tracking_uri: str | None = None, experiment_name: str = "scar_seg_experiment",
-               plan: str | None = None, num_workers: int | None = None, calibrate: bool = True, min_scar_ml="auto") -> None:
+               plan: str | None = None, num_workers: int | None = None, calibrate: bool = True, min_scar_ml="auto",
+               cascade: bool = True, localizer_minutes: float | None = None) -> None:
     """Baseline (real only) vs augmented (real + synthetic) scar_seg, same plan, seeds and budget.
 
     Trains and evaluates both arms per seed through the scar_seg bundle configs, tracked in one MLflow
@@ -112,6 +113,9 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
             holds here (--nocalibrate: plan from the stored cost model alone).
         min_scar_ml: scar components under this volume (ml) become myocardium: "auto" chooses it per arm
             on the arm's validation cases (nnU-Net-style), a number fixes it (0: predictions as they are).
+        cascade: a heart-ROI cascade (a localizer trained once, then each arm's network inside the heart's box);
+            --nocascade: single-stage networks over the whole field of view.
+        localizer_minutes: the localizer's training budget (default: the preset's).
     """
     import logging
 
@@ -121,7 +125,8 @@ def experiment(real: str, synthetic: str, out: str, seeds="0,1,2", preset: str =
         logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     run_experiment(real, synthetic, out, seeds=seeds, preset=preset, budget_minutes=budget_minutes,
                    synthetic_ratio=synthetic_ratio, tracking_uri=tracking_uri, experiment_name=experiment_name,
-                   plan=plan, num_workers=num_workers, calibrate=calibrate, min_scar_ml=min_scar_ml)
+                   plan=plan, num_workers=num_workers, calibrate=calibrate, min_scar_ml=min_scar_ml, cascade=cascade,
+                   localizer_minutes=localizer_minutes)
 
 
 def pipeline(data: str | None = None, out: str = "runs/pipeline", preset: str = "smoke", tracking_uri: str | None = None,

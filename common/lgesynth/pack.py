@@ -37,6 +37,7 @@ from pathlib import Path
 from lgesynth.errors import DataError
 from lgesynth.io import atomic_path, file_sha256, read_json
 
+LOCALIZER_WEIGHTS, LOCALIZER_PLAN = "localizer.pt", "localizer_plan.json"  # a cascade's stage 1, beside its ROI network
 PLAN_JSON = "plan.json"  # a planned network's topology (lgesynth.seg.plan), shipped beside its model.pt
 LARGE_FILE_MB = 25.0  # the model zoo asks for Git LFS / large_files.yml above this size
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same bundle packs to the same bytes
@@ -63,7 +64,8 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     A generator bundle (edm_synth, ``models/generator.json``): the record, the weights it lists and
     the training-cohort statistics that the quality report compares with (the decoded training cohort,
     and the source cohort's own volumes when the export could read them). A planned network
-    (scar_seg, ``models/plan.json``): ``model.pt`` and the plan that builds it. Any other bundle:
+    (scar_seg, ``models/plan.json``): ``model.pt`` and the plan that builds it, and for the ROI stage of a
+    cascade (the plan's ``"cascade"``) its localizer, ``localizer.pt`` + ``localizer_plan.json``. Any other bundle:
     MONAI's ``models/model.pt``. Each with ``models/model.ts`` when exported to TorchScript.
     """
     from lgesynth.synth.generate import GENERATOR_JSON, load_generator_record
@@ -86,6 +88,8 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     else:
         planned = (models / PLAN_JSON).is_file() or root.name == "scar_seg"
         files = ["model.pt", PLAN_JSON] if planned else ["model.pt"]
+        if planned and (models / PLAN_JSON).is_file() and (read_json(models / PLAN_JSON).get("cascade") or {}).get("stage") == "roi":
+            files += [LOCALIZER_WEIGHTS, LOCALIZER_PLAN]  # the cascade's stage 1 (lgesynth.seg.cascade)
         for name in files:
             if not (models / name).is_file():
                 raise DataError(models / name, "not found: train the bundle with --models_dir "

@@ -1,6 +1,7 @@
 """Dataset fingerprint (after nnU-Net's): what a cohort looks like, per case and summarised.
 
-Per case: spacing and shape (array axes as stored), slices containing myocardium, myocardial,
+Per case: spacing and shape (array axes as stored), slices containing myocardium, the myocardium's
+bounding-box extent (mm per axis, what the scar_seg cascade's ROI is planned from), myocardial,
 scar and blood-pool volume (ml), scar burden (scar / myocardium voxels), intensity percentiles
 (5/50/95) of the blood pool, remote myocardium and scar, and the contrast ratios scar/remote and
 blood/remote (ratios of the regions' medians).
@@ -112,6 +113,7 @@ def case_fingerprint(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -
         "shape": [int(n) for n in label.shape],
         "slice_axis": axis,
         "slices_with_myocardium": int(myocardium.any(axis=tuple(a for a in range(3) if a != axis)).sum()),
+        "myocardium_extent_mm": None,
         "myocardium_ml": n_myo * voxel_ml,
         "scar_ml": n_scar * voxel_ml,
         "scar_burden": n_scar / n_myo if n_myo else None,
@@ -123,6 +125,7 @@ def case_fingerprint(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -
     }
     if not n_myo:
         return fp
+    fp["myocardium_extent_mm"] = [float((b.stop - b.start) * s) for b, s in zip(_bbox(myocardium, margin=0), spacing)]
     values = image[image != 0] if np.any(image != 0) else image.ravel()
     low, high = (float(v) for v in np.percentile(values, NORMALISATION_PERCENTILES))
     normaliser = high - low
@@ -172,6 +175,7 @@ def summarise(cases: list[dict]) -> dict:
         "spacing_mm": spacing,
         "shape": shape,
         "slices_with_myocardium": _stats([c["slices_with_myocardium"] for c in cases]),
+        "myocardium_extent_mm": _axis_stats([c["myocardium_extent_mm"] for c in cases if c.get("myocardium_extent_mm")]),
         "myocardium_ml": _stats([c["myocardium_ml"] for c in cases]),
         "blood_pool_ml": _stats([c["blood_pool_ml"] for c in cases]),
         "scar_ml": _stats([c["scar_ml"] for c in scar_cases]),

@@ -42,7 +42,7 @@ from lgesynth.data.datalist import load_datalist
 from lgesynth.errors import DataError
 from lgesynth.flags import flag
 from lgesynth.seg.cost_calibration import calibrate_plan
-from lgesynth.seg.plan import load_plan, make_plan, write_plan
+from lgesynth.seg.plan import load_plan, write_plan
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -53,7 +53,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def ensure_plan(plan_path: str | Path | None, datalist: str | Path, output_dir: str | Path,
-                preset: str = "cpu", budget_minutes: float | None = None, calibrate: bool = False) -> dict:
+                preset: str = "cpu", budget_minutes: float | None = None, calibrate: bool = False,
+                stage: str = "full") -> dict:
     """The training plan: ``plan_path`` when given (it must exist; a copy goes to ``output_dir/plan.json``
     so that the run folder holds the plan its model was trained with); else ``output_dir/plan.json``,
     made from the training section's fingerprint with ``preset`` / ``budget_minutes`` when missing
@@ -74,8 +75,9 @@ def ensure_plan(plan_path: str | Path | None, datalist: str | Path, output_dir: 
     if path.exists():
         return load_plan(path)
     from lgesynth.data.fingerprint import fingerprint
+    from lgesynth.seg.cascade_plan import stage_plan
 
-    plan = make_plan(fingerprint(datalist, "training"), preset=preset, budget_minutes=budget_minutes)
+    plan = stage_plan(fingerprint(datalist, "training"), stage, preset=preset, budget_minutes=budget_minutes)
     if calibrate and plan["budget"]["budget_minutes"] is not None:
         plan = calibrate_plan(plan)
     write_plan(path, plan)
@@ -84,7 +86,7 @@ def ensure_plan(plan_path: str | Path | None, datalist: str | Path, output_dir: 
 
 def slice_last_plan(plan: dict) -> dict:
     """A copy of ``plan`` in the bundle's array frame (slice axis last): ``target_spacing_mm``,
-    ``patch_size`` (3D plans) and the network's ``kernel_size`` / ``strides`` / ``upsample_kernel_size``
+    ``patch_size`` (3D plans), a cascade stage's per-axis geometry and the network's ``kernel_size`` / ``strides`` / ``upsample_kernel_size``
     permuted accordingly; 2D plans' in-plane axes keep their order. Adds ``"frame": "slice-last"``."""
     if plan.get("frame") == "slice-last":
         return plan
@@ -92,6 +94,9 @@ def slice_last_plan(plan: dict) -> dict:
     axis = int(plan["slice_axis"])
     order = [a for a in range(3) if a != axis] + [axis]
     out["target_spacing_mm"] = [plan["target_spacing_mm"][a] for a in order]
+    for key in ("downsample", "input_spacing_mm", "roi_mm"):  # a cascade stage's per-axis geometry
+        if key in (plan.get("cascade") or {}):
+            out["cascade"][key] = [plan["cascade"][key][a] for a in order]
     if plan["network"]["spatial_dims"] == 3:
         out["patch_size"] = [plan["patch_size"][a] for a in order]
         for key in ("kernel_size", "strides", "upsample_kernel_size"):

@@ -30,6 +30,7 @@ import itertools
 import json
 import pickle
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -369,11 +370,14 @@ class ModelExporter:
     - ``plan.json``: the plan the network was built from; without it the weights have no network.
 
     ``network`` is the bare network (``@network_def``), also under DDP, so the keys carry no ``module.``.
+    ``extra_files`` ``{name: source path}`` are copied in too (a cascade's localizer,
+    :func:`lgesynth.seg.cascade.localizer_files`).
     Written only when a run completes: a run that raised keeps no ``model.pt`` from before it.
     """
 
-    def __init__(self, models_dir: str | Path, network: torch.nn.Module, plan: dict):
+    def __init__(self, models_dir: str | Path, network: torch.nn.Module, plan: dict, extra_files: dict | None = None):
         self.models_dir, self.network, self.plan = Path(models_dir), network, plan
+        self.extra_files = dict(extra_files or {})
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -385,3 +389,6 @@ class ModelExporter:
         with atomic_path(self.models_dir / "model.pt") as tmp:
             torch.save(weights, tmp)
         write_plan(self.models_dir / "plan.json", self.plan)
+        for name, source in self.extra_files.items():
+            with atomic_path(self.models_dir / name) as tmp:
+                shutil.copyfile(source, tmp)

@@ -10,7 +10,10 @@ of ``python -m monai.bundle run``):
 
 Both arms of every seed use one plan (``DIR/plan.json``, made once from the real training cases, or
 ``--plan``), hence the same network, patch, iterations and budget, and the same seed (the same
-validation hold-out and initialisation). Each model is evaluated with ``evaluate.yaml`` on the real
+validation hold-out and initialisation). By default that plan is the ROI stage of a heart-ROI cascade
+(:mod:`lgesynth.seg.cascade_plan`): its localizer is trained once, on the real training cases, into
+``DIR/localizer/`` before any arm, and every arm ships it beside its own network (``cascade=False``:
+single-stage networks over the whole field of view). Each model is evaluated with ``evaluate.yaml`` on the real
 datalist's ``test`` section, after nnU-Net-style post-processing chosen on that arm's own validation
 cases (``--min_scar_ml auto``: scar specks under the chosen volume become myocardium,
 :func:`lgesynth.seg.postprocess.choose_min_scar_ml`; ``postprocess.json``); when the clean-up changes
@@ -23,7 +26,7 @@ Statistics: :mod:`lgesynth.seg.experiment_stats` (per-case Dice averaged over se
 paired over cases). Outputs: :mod:`lgesynth.seg.experiment_report` (``comparison.json``,
 ``comparison.md``, also printed, ``comparison.png``).
 
-Layout of ``DIR``: ``plan.json``, ``mlruns.db`` + ``mlruns/``, ``<condition>_seed<seed>/`` (a training
+Layout of ``DIR``: ``plan.json``, ``localizer/`` (a cascade's stage 1: ``plan.json``, ``models/``), ``mlruns.db`` + ``mlruns/``, ``<condition>_seed<seed>/`` (a training
 ``output_dir``: ``plan.json``, ``models/``, ``train_log.json``; ``val_eval/`` (validation predictions),
 ``postprocess.json``, ``eval/metrics.csv``, ..., ``eval_raw/``; :class:`lgesynth.seg.experiment_arms.Arm`),
 ``comparison.*``. Resume: an arm whose final checkpoint (after all planned epochs) and evaluation exist
@@ -39,6 +42,7 @@ from pathlib import Path
 
 from lgesynth.errors import DataError
 from lgesynth.io import write_json
+from lgesynth.seg.cascade_plan import plan_stage
 from lgesynth.seg.experiment_arms import CONDITIONS, Arm
 from lgesynth.seg.experiment_report import write_comparison
 from lgesynth.seg.experiment_stats import N_BOOTSTRAP, compare
@@ -123,6 +127,23 @@ def _evaluate(arm: Arm, real: Path, min_scar_ml: float, tracking: dict, logging_
                 **raw, **evaluate_overrides, **tracking)
 
 
+def _train_localizer(out: Path, real: Path, preset: str, budget_minutes, calibrate: bool, overrides: dict,
+                     tracking: dict, logging_file) -> Path:
+    """Stage 1 of the cascade, once per experiment (resumed or skipped like an arm): ``DIR/localizer/models``."""
+    from lgesynth.seg.data import ensure_plan
+
+    folder = out / "localizer"
+    if not (folder / "models" / "model.pt").is_file():
+        ensure_plan(None, real, folder, preset=preset, budget_minutes=budget_minutes, calibrate=calibrate,
+                    stage="localizer")
+        logger.info("localizer: training in %s", folder)
+        keep = {k: v for k, v in overrides.items() if k in ("num_workers", "val_interval", "log_every")}
+        _bundle_run("train.yaml", logging_file, datalist=str(real), output_dir=str(folder),
+                    plan_path=str(folder / "plan.json"), seed=0, run_name="localizer",
+                    save_execute_config=str(folder / "config_train.json"), **keep, **tracking)
+    return folder / "models"
+
+
 def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: Path, epochs: int, overrides: dict,
              tracking: dict, logging_file, min_scar_ml="auto", evaluate_overrides: dict | None = None) -> dict:
     """Train (unless trained), choose the post-processing, evaluate (unless evaluated), tag the MLflow runs.
@@ -159,7 +180,8 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
                    experiment_name: str = "scar_seg_experiment", plan: str | Path | None = None,
                    num_workers: int | None = None, overrides: dict | None = None, logging_file=False,
                    n_boot: int = N_BOOTSTRAP, calibrate: bool = True, min_scar_ml="auto",
-                   evaluate_overrides: dict | None = None) -> dict:
+                   evaluate_overrides: dict | None = None, cascade: bool = True,
+                   localizer_minutes: float | None = None) -> dict:
     """Train, evaluate and compare both arms for every seed (module doc); returns the comparison.
 
     Args:
@@ -182,6 +204,9 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
             the arm's validation cases, a number fixes it for both arms (0: none).
         evaluate_overrides: evaluate.yaml keys for the validation and test predictions of both arms (e.g.
             ``{"mirror_axes": []}``: one pass instead of nnU-Net's four mirrored ones).
+        cascade: plan the arms as the ROI stage of a heart-ROI cascade and train its localizer first (module
+            doc); False: single-stage networks. A given ``plan`` says its own stage.
+        localizer_minutes: the localizer's training budget (default: the preset's ``localizer_minutes``).
     """
     from lgesynth.seg.data import ensure_plan
 
@@ -189,13 +214,18 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
     seeds = _seeds(seeds)
     _check_inputs(real, synthetic)
     out.mkdir(parents=True, exist_ok=True)
-    the_plan = ensure_plan(plan, real, out, preset=preset, budget_minutes=budget_minutes, calibrate=calibrate)
+    the_plan = ensure_plan(plan, real, out, preset=preset, budget_minutes=budget_minutes, calibrate=calibrate,
+                           stage="roi" if cascade else "full")
     plan_path = out / "plan.json"
     tracking = bundle_tracking(out, tracking_uri, experiment_name)
     tracking_uri = tracking["tracking_uri"]
     overrides = dict(overrides or {})
     if num_workers is not None:
         overrides["num_workers"] = int(num_workers)
+    if plan_stage(the_plan) == "roi":
+        with explicit_tracking_uri():
+            overrides["localizer_dir"] = str(_train_localizer(out, real, preset, localizer_minutes, calibrate, overrides,
+                                                              tracking, logging_file))
     epochs = int(overrides.get("max_epochs", the_plan["training"]["epochs"]))
 
     arms = [Arm(c, s, out / f"{c}_seed{s}") for s in seeds for c in CONDITIONS]

@@ -48,8 +48,12 @@ def comparison_table(comparison: dict) -> str:
     """Markdown table: each arm's mean Dice [95 % CI], the paired difference [CI], test, p, n; the
     post-processing each arm chose on validation and, when it changed anything, the overall Dice as predicted."""
     header = ["| metric | baseline | augmented | augmented - baseline | test | p | n |", "|---|---|---|---|---|---|---|"]
-    lines = [f"scar_seg experiment: {comparison['cases']} test cases, seeds {comparison['seeds']}", "", *header,
-             *_rows(comparison, OVERALL_KEYS + REGION_KEYS)]
+    lines = [f"scar_seg experiment: {comparison['cases']} test cases, seeds {comparison['seeds']}", ""]
+    if comparison.get("baseline_predicts_scar") is False:
+        seen = comparison["scar_predicted"]["baseline"]
+        lines += [f"**The baseline predicts no scar on any of its {seen['predictions']} test predictions (true burden "
+                  f"{seen['mean_burden_true_pct'] or 0:.1f} %): this comparison says nothing about synthetic data.**", ""]
+    lines += [*header, *_rows(comparison, OVERALL_KEYS + REGION_KEYS)]
     post = comparison.get("postprocessing") or {}
     if post:
         chosen = ", ".join(f"{name} {rec['min_scar_ml']:g} ml" for name, rec in post.items())

@@ -87,6 +87,19 @@ def arm_summary(per_case: dict[str, np.ndarray], n_boot: int = N_BOOTSTRAP, seed
     return {**{k: means[k] for k in OVERALL_KEYS}, "per_region": {k: means[k] for k in REGION_KEYS}, "ci95": ci}
 
 
+def scar_predicted(evaluations: list[dict[str, dict[str, float]]]) -> dict:
+    """Does an arm predict scar at all? Over its seeds' test evaluations (``{case: metrics}`` each): how many
+    (seed, case) predictions hold any scar, and the mean predicted and true scar burden (%). A baseline
+    that predicts none cannot show what synthetic data adds (the comparison's Dice then only counts
+    scar-free cases)."""
+    rows = [m for ev in evaluations for m in ev.values()]
+    pred = [m.get("burden_pred_pct", float("nan")) for m in rows]
+    true = [m.get("burden_true_pct", float("nan")) for m in rows]
+    return {"cases_with_predicted_scar": int(sum(1 for v in pred if v > 0)), "predictions": len(rows),
+            "mean_burden_pred_pct": _finite(_nanmean(pred)) if rows else None,
+            "mean_burden_true_pct": _finite(_nanmean(true)) if rows else None}
+
+
 def compare(arms: list[Arm], n_boot: int = N_BOOTSTRAP, seed: int = 0, as_predicted: bool = False) -> dict:
     """The comparison dict (without run settings) from the arms' ``eval/metrics.csv`` (module doc), or
     with ``as_predicted`` from the metrics without post-processing."""
@@ -110,6 +123,8 @@ def compare(arms: list[Arm], n_boot: int = N_BOOTSTRAP, seed: int = 0, as_predic
     for c in CONDITIONS:
         result[c]["per_seed"] = {str(a.seed): {k: _finite(_nanmean([per_arm[a][i][k] for i in cases])) for k in OVERALL_KEYS}
                                  for a in arms if a.condition == c}
+    result["scar_predicted"] = {c: scar_predicted([per_arm[a] for a in arms if a.condition == c]) for c in CONDITIONS}
+    result["baseline_predicts_scar"] = result["scar_predicted"]["baseline"]["cases_with_predicted_scar"] > 0
     result["paired"] = {k: paired_statistics(per_case["baseline"][k], per_case["augmented"][k], n_boot, seed)
                         for k in OVERALL_KEYS + REGION_KEYS}
     result.update(seeds=seeds, cases=len(cases), case_ids=cases,

@@ -49,10 +49,11 @@ PLAN_FORMAT = "lgesynth-seg-plan/1"
 WIDTHS = (32, 16, 8)
 MIN_ITERATIONS_PER_SQRT_MINUTE = 200  # the least iterations a budget must buy: 200 · sqrt(budget minutes)
 TRAIN_FRACTION = 0.75
-PRESETS = {
-    "smoke": {"budget_minutes": 1.5, "epochs": 2, "device": "cpu"},
-    "cpu": {"budget_minutes": 9.0, "epochs": 10, "device": "cpu"},
-    "paper": {"budget_minutes": None, "epochs": 1000, "iterations_per_epoch": 250, "device": "cuda"},
+PRESETS = {  # localizer_minutes: the cascade's first stage (lgesynth.seg.cascade_plan), trained once per experiment
+    "smoke": {"budget_minutes": 1.5, "localizer_minutes": 0.5, "epochs": 2, "device": "cpu"},
+    "cpu": {"budget_minutes": 9.0, "localizer_minutes": 1.5, "epochs": 10, "device": "cpu"},
+    "paper": {"budget_minutes": None, "localizer_minutes": None, "epochs": 1000, "iterations_per_epoch": 250,
+              "device": "cuda"},
 }
 
 
@@ -75,7 +76,8 @@ def _read_source(source) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, dims: int | str = "auto",
-              res_block: bool = False, seconds_scale: float = 1.0, target_spacing_mm=None) -> dict:
+              res_block: bool = False, seconds_scale: float = 1.0, target_spacing_mm=None,
+              cascade: dict | None = None) -> dict:
     """Plan a DynUNet for a cohort.
 
     Args:
@@ -89,6 +91,8 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
             from a measured step).
         target_spacing_mm: (3,) use this target spacing instead of deriving it (nnU-Net's
             ``overwrite_target_spacing``).
+        cascade: the stage of a heart-ROI cascade this network is (:mod:`lgesynth.seg.cascade_plan`), stored as
+            ``plan["cascade"]`` with its ``"why"`` lines first in ``plan["why"]``; None for a single-stage plan.
     Returns:
         the plan, a JSON-ready dict; ``plan["why"]`` lists every decision in words.
     """
@@ -97,7 +101,7 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
     settings = PRESETS[preset]
     budget = settings["budget_minutes"] if budget_minutes is None else float(budget_minutes)
     spacing_in, shape_in, info = _read_source(source)
-    why: list[str] = []
+    why: list[str] = list((cascade or {}).get("why", []))
     axis = slice_axis(tuple(int(round(n)) for n in shape_in), spacing_in)
     why.append(f"slice axis {axis}: the axis with the fewest voxels (median shape {[int(round(n)) for n in shape_in]})")
     if target_spacing_mm is None:
@@ -172,7 +176,7 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
         "inputs": {"median_spacing_mm": [float(s) for s in spacing_in], "median_shape": [int(round(n)) for n in shape_in],
                    "preset": preset, "budget_minutes": budget, "dims": dims_arg,
                    "res_block": bool(res_block), "seconds_scale": float(seconds_scale),
-                   "num_cases": info.get("summary", {}).get("num_cases")},
+                   "num_cases": info.get("summary", {}).get("num_cases"), "cascade": cascade},
         "configuration": f"{dims}d",
         "slice_axis": axis,
         "spatial_axes": axes,
@@ -191,6 +195,7 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
                    "predicted_minutes": sec * total / 60.0,
                    "cost_model": cost_model_record(seconds_scale),
                    "candidates": candidates},
+        **({"cascade": cascade} if cascade else {}),
         "why": why,
     }
 
