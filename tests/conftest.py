@@ -330,3 +330,41 @@ TINY_PRESET = {
                                               "noise_embedding": "positional", "dropout": 0.0}},
                   "inference": {"num_samples": 3, "num_steps": 4}},
 }
+
+
+# ---- one tiny pipeline run, shared by test_mlflow_tags (its MLflow runs) and test_pack (its edm_synth bundle)
+# TINY_PRESET with a wider inr2vec decoder (64 x 3, ~72 kB): test_pack's large_files.yml check needs the packed
+# decoder to outweigh the denoiser (~21 kB), which TINY_PRESET's own decoder (~17 kB) does not, and the
+# downloaded bundle must generate cases that are kept (TINY_PRESET's 32 x 2 decoder, after its 8 steps, decodes
+# labels with scar but no healthy myocardium, which inference rejects; this one's decodes were all kept).
+TINY_PIPELINE_PRESET = {**TINY_PRESET, "inr2vec": {"train": {
+    **TINY_PRESET["inr2vec"]["train"], "decoder_args": {"hidden": 64, "layers": 3, "num_freqs": 3}}}}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> dict:
+    """``TINY_PIPELINE_PRESET`` through the stages data, inr_fit, inr2vec and edm_synth (``lgesynth.pipeline.Pipeline``,
+    the code of ``lgesynth pipeline``), once per session, on 7 conftest cases (5 training, 2 test) in a
+    folder called ``data`` (the runs' ``dataset`` tag). About 10 s on one core.
+
+    Returns ``root``, ``datalist``, ``preset`` (the YAML the run used), ``out`` (the pipeline's ``--out``),
+    ``edm_synth`` (``out/edm_synth``: the complete bundle folder the run leaves, configs/ docs/ models/, for
+    ``lgesynth pack``) and ``uri`` (its MLflow store). Consumers treat ``out`` as read-only, except that
+    test_mlflow_tags adds the scar_seg stage to it (replacing ``out/synthetic`` by conftest stacks first).
+    """
+    import yaml
+
+    from lgesynth.data.datalist import load_datalist
+    from lgesynth.pipeline import Pipeline
+
+    root = tmp_path_factory.mktemp("pipeline")
+    real = write_tiny_datalist(root / "data", n_cases=7)
+    entries = load_datalist(real)
+    real = write_datalist(real, entries[:5], entries[5:])  # 2 test cases (test_mlflow_tags' experiment compares on them)
+    preset = root / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY_PIPELINE_PRESET))
+    out = root / "run"
+    with torch_threads(1):
+        Pipeline(out, preset, data=real, stages=("data", "inr_fit", "inr2vec", "edm_synth")).run()
+    return {"root": root, "datalist": real, "preset": preset, "out": out, "edm_synth": out / "edm_synth",
+            "uri": f"sqlite:///{out / 'mlruns.db'}"}

@@ -3,8 +3,10 @@ experiment's included, carries ``bundle``, ``stage``, ``preset``, ``dataset``, `
 so ``tags.bundle = 'scar_seg'`` finds the experiment's runs; a bundle run by hand gets the defaults.
 
 A tiny pipeline through every stage that makes MLflow runs (inr_fit, inr2vec, edm_synth, scar_seg) on
-conftest stacks, about a minute on one core. Its edm_synth decodes (a 10-step generator on a 8-step
-inr2vec) are all rejected, so before the scar_seg stage the synthetic datalist is replaced by three
+conftest stacks, about half a minute on one core: conftest's ``tiny_pipeline`` (data to edm_synth, run once
+per session and shared with test_pack, which packs its edm_synth bundle folder), then the scar_seg stage
+here. Its edm_synth decodes (a 10-step generator on a 8-step inr2vec) are no segmentation training data
+(and may all be rejected), so before the scar_seg stage the synthetic datalist is replaced by three
 conftest stacks; the stage still runs through ``Pipeline`` (its ``run_tags`` into the experiment).
 """
 
@@ -15,7 +17,7 @@ import os
 import pytest
 import yaml
 
-from conftest import TINY_PRESET as TINY
+from conftest import TINY_PIPELINE_PRESET as TINY
 from conftest import fit_tiny_bank, tiny_seg_plan, torch_threads, write_tiny_datalist
 from lgesynth.data.datalist import load_datalist, write_datalist
 from lgesynth.engines.tracking import STANDARD_TAGS, dataset_name
@@ -43,23 +45,20 @@ def search_runs(tracking_uri: str, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tags")
-    real = write_tiny_datalist(root / "data", n_cases=7)
-    entries = load_datalist(real)
-    real = write_datalist(real, entries[:5], entries[5:])  # 2 test cases for the experiment's comparison
+def pipeline_run(tiny_pipeline):
+    """conftest's tiny pipeline (stages data to edm_synth, 5 training and 2 test cases for the experiment's
+    comparison), then its scar_seg stage into the same output folder and MLflow store."""
+    root, out, real = tiny_pipeline["root"], tiny_pipeline["out"], tiny_pipeline["datalist"]
     preset = dict(TINY, scar_seg={"experiment": {
         "plan": str(tiny_seg_plan(root / "plan.json", epochs=1, iterations_per_epoch=2)), "seeds": "0",
         "num_workers": 0, "calibrate": False, "min_scar_ml": 0, "n_boot": 50,
         "overrides": {"log_every": 100}, "evaluate_overrides": {"mirror_axes": []}}})
-    (root / "tiny.yaml").write_text(yaml.safe_dump(preset))
-    out = root / "run"
+    (root / "tiny_scar_seg.yaml").write_text(yaml.safe_dump(preset))
     with torch_threads(1):
-        Pipeline(out, root / "tiny.yaml", data=real, stages=("data", "inr_fit", "inr2vec", "edm_synth")).run()
         syn = write_tiny_datalist(out / "synthetic", n_cases=3, scar_degrees=120.0, noise=30.0)  # over the decodes
         write_datalist(syn, [{**e, "id": f"syn_{i + 1:04d}", "synthetic": True} for i, e in enumerate(load_datalist(syn))])
-        Pipeline(out, root / "tiny.yaml", data=real, stages=("scar_seg",)).run()
-    return {"root": root, "out": out, "uri": f"sqlite:///{out / 'mlruns.db'}"}
+        Pipeline(out, root / "tiny_scar_seg.yaml", data=real, stages=("scar_seg",)).run()
+    return {"root": root, "out": out, "uri": tiny_pipeline["uri"]}
 
 
 def test_every_pipeline_run_carries_the_six_tags(pipeline_run):

@@ -1,22 +1,27 @@
 """``lgesynth pack``: the edm_synth bundle as a model-zoo zip, fetched and run with MONAI's own CLI.
 
-The tiny generator is conftest's ``tiny_edm_generator`` (shared with test_edm_synth_bundle). The zip
-is served from a localhost HTTP server, ``python -m monai.bundle download --url`` unpacks it into an
-empty folder, and ``python -m monai.bundle run`` generates a cohort from there in a process whose
-working directory is elsewhere and whose path holds the lgesynth package only (not the repository).
+What is packed is the pipeline's output as it is: ``OUT/edm_synth``, the bundle folder (configs/, docs/,
+models/ beside the run's checkpoints and logs) that conftest's ``tiny_pipeline`` leaves (one tiny
+``lgesynth pipeline`` run per session, shared with test_mlflow_tags), zipped by the ``lgesynth pack``
+command. The zip is served from a localhost HTTP server, ``python -m monai.bundle download --url``
+unpacks it into an empty folder, and ``python -m monai.bundle run`` generates a cohort from there in a
+process whose working directory is elsewhere and whose path holds the lgesynth package only (not the
+repository).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from conftest import EDM_CONFIGS, REPO, monai_bundle_cli, serve_folder
+from lgesynth.cli import main
 from lgesynth.data.validate import check_datalist
 from lgesynth.errors import DataError
 from lgesynth.pack import pack_bundle
@@ -25,27 +30,36 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 VERSION = json.loads((EDM_CONFIGS / "metadata.json").read_text())["version"]
 
 
-def _bundle(tiny_edm_generator, where: Path) -> Path:
-    """The repository's edm_synth configs + docs with the tiny generator's models, plus files pack must leave out."""
-    bundle = where / "edm_synth"
-    shutil.copytree(EDM_CONFIGS, bundle / "configs")
-    shutil.copytree(EDM_CONFIGS.parent / "docs", bundle / "docs")
-    shutil.copytree(tiny_edm_generator["models"], bundle / "models")
-    (bundle / "models" / "checkpoint_epoch=4.pt").write_bytes(b"resume state")
-    (bundle / "models" / "train_log.json").write_text("[]")
-    (bundle / "runs").mkdir()
-    (bundle / "runs" / "cache.bin").write_bytes(b"x")
-    (bundle / "configs" / "__pycache__").mkdir()
-    (bundle / "configs" / "__pycache__" / "x.pyc").write_bytes(b"x")
-    return bundle
+# files pack must leave out, put into the pipeline's bundle folder for this module (and removed after it),
+# beside the run's own leftovers at its top (checkpoint_epoch=N.pt, model_final.pt, train_log.json, config_*.json)
+LEFTOVERS = {"models/checkpoint_epoch=4.pt": b"resume state", "models/train_log.json": b"[]", "runs/cache.bin": b"x",
+             "configs/__pycache__/x.pyc": b"x"}
 
 
 @pytest.fixture(scope="module")
-def packed(tiny_edm_generator, tmp_path_factory):
+def packed(tiny_pipeline, tmp_path_factory):
+    """``lgesynth pack OUT/edm_synth --out DIST --large_mb M`` of the tiny pipeline's bundle folder, with ``M``
+    between the sizes of the denoiser and of the (larger) decoder, so that only the decoder counts as large."""
+    bundle = tiny_pipeline["edm_synth"]
+    planted = [bundle / rel for rel in LEFTOVERS]
+    assert not any(p.exists() for p in planted)
+    for path, content in zip(planted, LEFTOVERS.values()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    sizes_mb = {n: (bundle / "models" / f"{n}.safetensors").stat().st_size / 1e6 for n in ("decoder", "edm_ema")}
+    assert sizes_mb["decoder"] > sizes_mb["edm_ema"], sizes_mb  # conftest's TINY_PIPELINE_PRESET sees to it
+    large_mb = (sizes_mb["decoder"] + sizes_mb["edm_ema"]) / 2
     root = tmp_path_factory.mktemp("pack")
-    bundle = _bundle(tiny_edm_generator, root / "src")
-    zip_path = pack_bundle(bundle, root / "dist", large_mb=0.5)  # the decoder (~0.8 MB) counts as large here
-    return {"bundle": bundle, "zip": zip_path, "root": root}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["pack", str(bundle), "--out", str(root / "dist"), "--large_mb", str(large_mb)])
+    [zip_path] = (root / "dist").iterdir()
+    assert f"wrote {zip_path}" in printed.getvalue()
+    yield {"bundle": bundle, "zip": zip_path, "root": root, "large_mb": large_mb}
+    for path in planted:
+        path.unlink()
+    for folder in (bundle / "runs", bundle / "configs" / "__pycache__"):
+        folder.rmdir()
 
 
 def test_zip_holds_configs_docs_and_the_generator_only(packed):
@@ -62,10 +76,12 @@ def test_zip_holds_configs_docs_and_the_generator_only(packed):
     large = zipfile.ZipFile(zip_path).read("edm_synth/large_files.yml").decode()
     digest = hashlib.sha256((packed["bundle"] / "models" / "decoder.safetensors").read_bytes()).hexdigest()
     assert 'path: "models/decoder.safetensors"' in large and f'hash_val: "{digest}"' in large
-    assert "edm_ema" not in large  # ~0.4 MB: under the threshold
-    again = pack_bundle(packed["bundle"], packed["root"] / "again", large_mb=0.5)
+    assert "edm_ema" not in large  # the denoiser: under the threshold
+    again = pack_bundle(packed["bundle"], packed["root"] / "again", large_mb=packed["large_mb"])
     assert again.read_bytes() == zip_path.read_bytes()  # same bundle, same bytes
     assert "large_files.yml" not in zipfile.ZipFile(pack_bundle(packed["bundle"], packed["root"] / "default")).namelist()
+    # what was zipped is the pipeline run's own folder, its checkpoints and log left out
+    assert (packed["bundle"] / "train_log.json").is_file() and list(packed["bundle"].glob("checkpoint_epoch=*.pt"))
 
 
 def test_pack_refuses_a_version_without_changelog_and_missing_models(packed, tmp_path):

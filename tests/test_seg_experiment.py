@@ -1,7 +1,7 @@
 """The baseline-vs-augmented scar_seg experiment end to end on tiny data: both arms trained through the
 bundle configs with one plan, evaluated on the same test cases, tracked in one MLflow experiment and
-compared (comparison.json / .md / .png); a second invocation retrains nothing; the paired statistics
-agree with values worked out by hand.
+compared (comparison.json / .md / .png); a second invocation retrains nothing; an arm killed mid-training
+resumes from its checkpoint; the paired statistics agree with values worked out by hand.
 
 Tiny setting: the conftest stacks (32 x 32 x 6), 4 real training cases (1 held out to validate),
 2 real test cases, 3 "synthetic" cases; a 2D plan of width 8, 1 epoch of 4 iterations; 1 seed.
@@ -217,6 +217,70 @@ def test_a_fixed_min_scar_ml_rescores_both_ways_without_retraining(experiment):
         arm = again["as_predicted"][run["tags.condition"]]
         assert run["metrics.test_raw_dice_myo"] == pytest.approx(arm["dice_myo"])
     assert "As predicted (no clean-up)" in (e["out"] / "comparison.md").read_text()
+
+
+class TrainingKilled(KeyboardInterrupt):
+    """Ctrl-C (or a kill) in the middle of an arm's training."""
+
+
+def kill_next_training_at(monkeypatch, iteration: int) -> None:
+    """The next MONAI ``SupervisedTrainer`` to run (train.yaml's ``train#trainer``, as ``monai.bundle.run``
+    builds it) raises :class:`TrainingKilled` once its global ``iteration`` is done; later runs are left alone."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+
+    real_run, armed = SupervisedTrainer.run, [True]  # armed: until one trainer got the handler
+
+    def kill(engine):
+        raise TrainingKilled(f"killed after iteration {engine.state.iteration}")
+
+    def run(self, *args, **kwargs):
+        if armed:
+            armed.clear()
+            self.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), kill)  # after the config's handlers
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(SupervisedTrainer, "run", run)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_arm_killed_mid_training_resumes_from_its_checkpoint(tiny_datalist, tmp_path, monkeypatch):
+    """The baseline arm is killed in its second (last) epoch, after train.yaml's TrainerCheckpointSaver wrote
+    checkpoint_epoch=1.pt; the experiment run again on its folder resumes that arm from the checkpoint
+    (ResumeCheckpointLoader: epoch 2 from iteration 4, not epoch 1 from 0), then finishes both arms."""
+    ipe = 4
+    syn = write_tiny_datalist(tmp_path / "syn", n_cases=2, scar_degrees=120.0, noise=30.0)
+    syn = write_datalist(syn, [{**e, "id": f"syn_{i + 1:04d}", "synthetic": True} for i, e in enumerate(load_datalist(syn))])
+    out = tmp_path / "exp"
+    kwargs = dict(seeds="0", plan=tiny_seg_plan(tmp_path / "plan.json", epochs=2, iterations_per_epoch=ipe),
+                  experiment_name=EXPERIMENT, num_workers=0, overrides={"log_every": 100}, min_scar_ml=0, n_boot=50,
+                  evaluate_overrides={"mirror_axes": []})
+    arm = out / "baseline_seed0"
+
+    def log() -> list[tuple[int, int]]:
+        return [(e["epoch"], e["iteration"]) for e in json.loads((arm / "train_log.json").read_text())]
+
+    with monkeypatch.context() as m:
+        kill_next_training_at(m, iteration=ipe + 2)
+        with pytest.raises(TrainingKilled):
+            run_experiment(tiny_datalist, syn, out, **kwargs)
+    assert log() == [(1, ipe)]  # killed in epoch 2, with epoch 1's checkpoint on disk and nothing final
+    assert sorted(p.name for p in (arm / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    assert not (arm / "models" / "model.pt").exists() and not (out / "augmented_seed0").exists()
+
+    comparison = run_experiment(tiny_datalist, syn, out, **kwargs)
+    assert log() == [(1, ipe), (2, 2 * ipe)]  # resumed: epoch 2 only, continuing the global iteration count
+    assert comparison["this_invocation"]["baseline_seed0"]["did"][0] == "trained"
+    assert comparison["this_invocation"]["augmented_seed0"]["did"][0] == "trained"
+    assert sorted(p.name for p in (arm / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt"]
+    for condition in CONDITIONS:
+        folder = out / f"{condition}_seed0"
+        assert (folder / "models" / "model.pt").is_file() and (folder / "eval" / "metrics.csv").is_file()
+    assert json.loads((out / "comparison.json").read_text())["budget"]["epochs"] == 2
+    # the resumed session went on with the killed session's MLflow run: one training run for the arm, finished
+    runs = _search_runs(comparison["tracking_uri"])  # this experiment's own store (out/mlruns.db)
+    trained = runs[runs["tags.mlflow.runName"] == "baseline_seed0"]
+    assert len(trained) == 1 and trained["status"].tolist() == ["FINISHED"]
 
 
 # ---- the paired statistics on toy numbers
