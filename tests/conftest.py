@@ -368,3 +368,31 @@ def tiny_pipeline(tmp_path_factory) -> dict:
         Pipeline(out, preset, data=real, stages=("data", "inr_fit", "inr2vec", "edm_synth")).run()
     return {"root": root, "datalist": real, "preset": preset, "out": out, "edm_synth": out / "edm_synth",
             "uri": f"sqlite:///{out / 'mlruns.db'}"}
+
+
+# ---- killing a bundle's training mid-run (test_seg_experiment, test_seg_cascade)
+class TrainingKilled(KeyboardInterrupt):
+    """Ctrl-C (or a kill) in the middle of an arm's training."""
+
+
+def kill_next_training_at(monkeypatch, iteration: int, skip: int = 0) -> None:
+    """The next MONAI ``SupervisedTrainer`` to run after ``skip`` others (train.yaml's ``train#trainer``, as
+    ``monai.bundle.run`` builds it) raises :class:`TrainingKilled` once its global ``iteration`` is done; the
+    others are left alone."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+
+    real_run, armed = SupervisedTrainer.run, [True] * (skip + 1)  # armed: until the chosen trainer got the handler
+
+    def kill(engine):
+        raise TrainingKilled(f"killed after iteration {engine.state.iteration}")
+
+    def run(self, *args, **kwargs):
+        if armed:
+            armed.pop()
+            if armed:
+                return real_run(self, *args, **kwargs)
+            self.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), kill)  # after the config's handlers
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(SupervisedTrainer, "run", run)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SCAR_SEG_CONFIGS, monai_bundle_cli, run_bundle, serve_folder, synthetic_lge
+from conftest import (SCAR_SEG_CONFIGS, TrainingKilled, kill_next_training_at, monai_bundle_cli, run_bundle,
+                      serve_folder, synthetic_lge)
 from lgesynth.data.datalist import write_datalist
 from lgesynth.data.fingerprint import fingerprint
 from lgesynth.io import save_nifti
@@ -240,15 +241,35 @@ def test_an_roi_stage_without_its_localizer_is_refused_naming_what_is_missing(ca
         plan_cascade_inferer(slice_last_plan(json.loads((models / "plan.json").read_text())), models)
 
 
-def test_experiment_trains_the_localizer_once_and_ships_it_with_every_arm(cascade, tmp_path):
+def _log(folder: Path) -> list[tuple[int, int]]:
+    return [(e["epoch"], e["iteration"]) for e in json.loads((folder / "train_log.json").read_text())]
+
+
+def test_experiment_trains_the_localizer_once_ships_it_with_every_arm_and_resumes_either_stage(cascade, tmp_path,
+                                                                                              monkeypatch):
+    """Killed in the localizer's last epoch, then in the first arm's (the ROI stage's) last epoch: each run again
+    resumes the stage from its epoch checkpoint; the localizer is trained once and every arm ships it."""
     from lgesynth.data.datalist import load_datalist
     from lgesynth.seg.experiment import run_experiment
 
     real = cascade["datalist"]
     synthetic = write_datalist(real.parent / "synthetic.json", [{**e, "synthetic": True} for e in load_datalist(real, "training")])
     out = tmp_path / "experiment"
-    comparison = run_experiment(real, synthetic, out, seeds=[0], preset="smoke", budget_minutes=0.05,
-                                localizer_minutes=0.03, calibrate=False, min_scar_ml=0, n_boot=20, num_workers=0)
+    plans = {"localizer": _tiny(localizer_plan(fingerprint(real, "training"), "smoke"), 2, 3), "roi": cascade["plans"]["roi"]}
+    write_plan(out / "localizer" / "plan.json", plans["localizer"])  # the experiment keeps a plan it finds
+    plan = write_plan(tmp_path / "roi_plan.json", {**plans["roi"], "training": {**plans["roi"]["training"], "epochs": 2,
+                                                                                 "iterations_per_epoch": 3}})
+    kwargs = dict(seeds=[0], plan=plan, min_scar_ml=0, n_boot=20, num_workers=0, evaluate_overrides={"mirror_axes": []})
+    for stage, folder, skip in (("localizer", out / "localizer", 0), ("roi", out / "baseline_seed0", 1)):
+        with monkeypatch.context() as m:  # (the roi run resumes the localizer first: that trainer is skipped)
+            kill_next_training_at(m, iteration=4, skip=skip)  # in epoch 2 of 2, after checkpoint_epoch=1.pt
+            with pytest.raises(TrainingKilled):
+                run_experiment(real, synthetic, out, **kwargs)
+        assert _log(folder) == [(1, 3)], stage
+        assert not (folder / "models" / "model.pt").exists()
+    comparison = run_experiment(real, synthetic, out, **kwargs)
+    assert _log(out / "localizer") == [(1, 3), (2, 6)]  # resumed in epoch 2, not started again
+    assert _log(out / "baseline_seed0") == [(1, 3), (2, 6)]
     localizer = (out / "localizer" / "models" / "model.pt").read_bytes()
     plan = json.loads((out / "plan.json").read_text())
     assert plan["cascade"]["stage"] == "roi"

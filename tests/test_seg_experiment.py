@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import tiny_seg_plan, write_tiny_datalist
+from conftest import TrainingKilled, kill_next_training_at, tiny_seg_plan, write_tiny_datalist
 from lgesynth.data.datalist import load_datalist, write_datalist
 from lgesynth.errors import DataError
 from lgesynth.seg.experiment import run_experiment
@@ -217,30 +217,6 @@ def test_a_fixed_min_scar_ml_rescores_both_ways_without_retraining(experiment):
         arm = again["as_predicted"][run["tags.condition"]]
         assert run["metrics.test_raw_dice_myo"] == pytest.approx(arm["dice_myo"])
     assert "As predicted (no clean-up)" in (e["out"] / "comparison.md").read_text()
-
-
-class TrainingKilled(KeyboardInterrupt):
-    """Ctrl-C (or a kill) in the middle of an arm's training."""
-
-
-def kill_next_training_at(monkeypatch, iteration: int) -> None:
-    """The next MONAI ``SupervisedTrainer`` to run (train.yaml's ``train#trainer``, as ``monai.bundle.run``
-    builds it) raises :class:`TrainingKilled` once its global ``iteration`` is done; later runs are left alone."""
-    from ignite.engine import Events
-    from monai.engines import SupervisedTrainer
-
-    real_run, armed = SupervisedTrainer.run, [True]  # armed: until one trainer got the handler
-
-    def kill(engine):
-        raise TrainingKilled(f"killed after iteration {engine.state.iteration}")
-
-    def run(self, *args, **kwargs):
-        if armed:
-            armed.clear()
-            self.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), kill)  # after the config's handlers
-        return real_run(self, *args, **kwargs)
-
-    monkeypatch.setattr(SupervisedTrainer, "run", run)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -16,6 +16,7 @@ import time
 
 from lgesynth.seg.network import IN_CHANNELS, N_CLASSES, build_dynunet
 from lgesynth.seg.plan import make_plan
+from lgesynth.seg.precision import AutocastInferer
 
 # A train.yaml iteration over the bare step of measure_step_seconds, quiet AVX2 host: 0.37-0.38 s vs 0.24 s
 # (1.55x) for the smoke phantom plan (3D, width 8, patch 56 x 64 x 12, num_workers 2); 0.67 s vs 0.36 s (1.86x) for
@@ -27,11 +28,13 @@ def measure_step_seconds(plan: dict, steps: int = 3, seed: int = 0) -> float:
     """Wall time (s) of one training step of the planned DynUNet on random data: the fastest of
     ``steps`` steps after a warm-up (the minimum is what the machine can do; other jobs on the shared
     cores only ever add time, by up to 20x when torch's threads contend with them). Batch and patch
-    from the plan, SGD, cross-entropy over the deep supervision heads."""
+    from the plan, SGD, cross-entropy over the deep supervision heads, the forward pass in the plan's
+    ``training.precision`` (:mod:`lgesynth.seg.precision`)."""
     import torch
 
     torch.manual_seed(seed)
     net = build_dynunet(plan).train()
+    forward = AutocastInferer(plan["training"].get("precision", "fp32"), "cpu")
     optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     shape = (plan["batch_size"], IN_CHANNELS, *plan["patch_size"])
     image = torch.randn(shape)
@@ -40,7 +43,7 @@ def measure_step_seconds(plan: dict, steps: int = 3, seed: int = 0) -> float:
 
     def step():
         optimiser.zero_grad(set_to_none=True)
-        out = net(image)  # (batch, 1 + heads, classes, *patch)
+        out = forward(image, net)  # (batch, 1 + heads, classes, *patch), in the plan's training precision
         loss = sum(w * torch.nn.functional.cross_entropy(out[:, i], target) for i, w in enumerate(weights))
         loss.backward()
         optimiser.step()
