@@ -18,13 +18,14 @@ import pytest
 import yaml
 
 from conftest import TINY_PIPELINE_PRESET as TINY
-from conftest import fit_tiny_bank, tiny_seg_plan, torch_threads, write_tiny_datalist
+from conftest import fit_tiny_bank, torch_threads, write_tiny_datalist
 from lgesynth.data.datalist import load_datalist, write_datalist
 from lgesynth.engines.tracking import STANDARD_TAGS, dataset_name
 from lgesynth.pipeline import Pipeline
 
 STAGE_RUNS = {"inr_fit_train", "inr_fit_evaluate", "inr2vec_train", "inr2vec_evaluate", "edm_synth_train",
-              "edm_synth_inference", "baseline_seed0", "baseline_seed0_eval", "augmented_seed0", "augmented_seed0_eval"}
+              "edm_synth_inference", "localizer", "baseline_seed0", "baseline_seed0_eval", "augmented_seed0",
+              "augmented_seed0_eval"}
 
 
 def run_names(runs) -> set[str]:
@@ -47,10 +48,11 @@ def search_runs(tracking_uri: str, **kwargs):
 @pytest.fixture(scope="module")
 def pipeline_run(tiny_pipeline):
     """conftest's tiny pipeline (stages data to edm_synth, 5 training and 2 test cases for the experiment's
-    comparison), then its scar_seg stage into the same output folder and MLflow store."""
+    comparison), then its scar_seg stage (the cascade: a localizer, then both arms' ROI networks, on budgets of
+    seconds) into the same output folder and MLflow store."""
     root, out, real = tiny_pipeline["root"], tiny_pipeline["out"], tiny_pipeline["datalist"]
     preset = dict(TINY, scar_seg={"experiment": {
-        "plan": str(tiny_seg_plan(root / "plan.json", epochs=1, iterations_per_epoch=2)), "seeds": "0",
+        "preset": "smoke", "budget_minutes": 0.03, "localizer_minutes": 0.02, "seeds": "0",
         "num_workers": 0, "calibrate": False, "min_scar_ml": 0, "n_boot": 50,
         "overrides": {"log_every": 100}, "evaluate_overrides": {"mirror_axes": []}}})
     (root / "tiny_scar_seg.yaml").write_text(yaml.safe_dump(preset))
@@ -79,8 +81,11 @@ def test_every_pipeline_run_carries_the_six_tags(pipeline_run):
 
 def test_bundle_tag_finds_the_experiment_runs_and_keeps_their_own_tags(pipeline_run):
     runs = search_runs(pipeline_run["uri"], filter_string="tags.bundle = 'scar_seg'")
-    assert run_names(runs) == {"baseline_seed0", "baseline_seed0_eval", "augmented_seed0",
+    assert run_names(runs) == {"localizer", "baseline_seed0", "baseline_seed0_eval", "augmented_seed0",
                                                 "augmented_seed0_eval"}
+    trained = runs[runs["tags.stage"] == "train"].set_index("tags.mlflow.runName")["tags.cascade_stage"]
+    assert trained.to_dict() == {"localizer": "localizer", "baseline_seed0": "roi", "augmented_seed0": "roi"}
+    runs = runs[runs["tags.mlflow.runName"] != "localizer"]
     assert set(zip(runs["tags.condition"], runs["tags.stage"])) == {
         ("baseline", "train"), ("baseline", "evaluate"), ("augmented", "train"), ("augmented", "evaluate")}
     for bundle, count in (("inr_fit", 2), ("inr2vec", 2), ("edm_synth", 2)):

@@ -137,7 +137,7 @@ def _train_localizer(out: Path, real: Path, preset: str, budget_minutes, calibra
         ensure_plan(None, real, folder, preset=preset, budget_minutes=budget_minutes, calibrate=calibrate,
                     stage="localizer")
         logger.info("localizer: training in %s", folder)
-        keep = {k: v for k, v in overrides.items() if k in ("num_workers", "val_interval", "log_every")}
+        keep = {k: v for k, v in overrides.items() if k in ("num_workers", "val_interval", "log_every", "run_tags")}
         _bundle_run("train.yaml", logging_file, datalist=str(real), output_dir=str(folder),
                     plan_path=str(folder / "plan.json"), seed=0, run_name="localizer",
                     save_execute_config=str(folder / "config_train.json"), **keep, **tracking)
