@@ -2,9 +2,11 @@
 
 The wheel is built offline (``pip wheel --no-build-isolation --no-index``) from a copy of the
 checkout's sources (so no ``build/`` or ``*.egg-info`` lands in the shared tree and no stale build
-output leaks into the wheel), installed with ``pip install --no-deps --no-index --target``, and a
-fresh interpreter whose working directory is outside the checkout imports lgesynth from there and
-finds each bundle through :func:`lgesynth.bundles.bundle_dir`, as ``lgesynth pipeline`` does.
+output leaks into the wheel), installed with ``pip install --no-deps --no-index`` into a fresh virtual
+environment (``python -m venv --system-site-packages --without-pip``: pip, torch, MONAI and the rest come
+from this interpreter, lgesynth only from the wheel), and the environment's interpreter, working outside the
+checkout, imports lgesynth from there and finds each bundle through :func:`lgesynth.bundles.bundle_dir`,
+as ``lgesynth pipeline`` does.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ CONFIGS = ("train.yaml", "inference.yaml", "evaluate.yaml", "multi_gpu_train.yam
 PIP_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1", "PIP_NO_INPUT": "1"}
 
 
-def _pip(*args, cwd: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+def _pip(*args, cwd: Path, python: str | Path = sys.executable) -> None:
+    done = subprocess.run([str(python), "-m", "pip", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **PIP_ENV}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -70,15 +72,21 @@ def test_wheel_carries_every_bundles_configs_and_docs_but_no_models(wheel):
 
 
 def test_installed_wheel_finds_every_bundle_outside_the_checkout(wheel, tmp_path):
-    site, work = tmp_path / "site", tmp_path / "work"
+    venv, work = tmp_path / "venv", tmp_path / "work"
     work.mkdir()
-    _pip("install", "--no-deps", "--no-index", "--target", site, wheel, cwd=work)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=300)
+    python = venv / "bin" / "python"
+    _pip("install", "--no-deps", "--no-index", wheel, cwd=work, python=python)
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
     script = """
 import json, sys
 from pathlib import Path
 import lgesynth, lgesynth.pipeline
 from lgesynth.bundles import BUNDLES, bundle_dir, bundles_root
 site = Path(sys.argv[1]).resolve()
+assert sys.prefix != sys.base_prefix, "not a virtual environment"
 assert Path(lgesynth.__file__).resolve().is_relative_to(site), lgesynth.__file__
 assert bundles_root().is_relative_to(site), bundles_root()
 found = {}
@@ -91,8 +99,8 @@ for name in BUNDLES:
 print(json.dumps(found))
 """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    done = subprocess.run([sys.executable, "-c", script, str(site)], cwd=work, capture_output=True, text=True,
-                          env={**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}, timeout=300)
+    done = subprocess.run([str(python), "-c", script, str(site)], cwd=work, capture_output=True, text=True,
+                          env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     for name in BUNDLES:

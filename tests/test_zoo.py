@@ -88,7 +88,9 @@ def test_zip_ships_the_weights_the_plan_and_the_plans_patch(trained):
     assert trained["zip"].name == f"scar_seg_v{VERSION}.zip"
     zf = zipfile.ZipFile(trained["zip"])
     configs = {f"scar_seg/configs/{p.name}" for p in SCAR_SEG_CONFIGS.iterdir() if p.is_file()}
-    assert set(zf.namelist()) == configs | {"scar_seg/docs/README.md", "scar_seg/models/model.pt", "scar_seg/models/plan.json"}
+    docs = {f"scar_seg/docs/{p.name}" for p in (SCAR_SEG_CONFIGS.parent / "docs").iterdir() if p.is_file()}
+    assert "scar_seg/docs/README.md" in docs
+    assert set(zf.namelist()) == configs | docs | {"scar_seg/models/model.pt", "scar_seg/models/plan.json"}
     # model.pt: the final weights alone, as MONAI's zoo ships them (no optimiser, no "model" key)
     shipped = torch.load(io.BytesIO(zf.read("scar_seg/models/model.pt")), weights_only=True)
     final = torch.load(trained["train"] / "models" / "model_final.pt", weights_only=True)
