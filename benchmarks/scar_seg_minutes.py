@@ -55,23 +55,22 @@ def machine() -> dict:
 
 # --------------------------------------------------------------------------------------- bundle runs
 def bundle_run(config: str, **overrides) -> float:
-    """``monai.bundle.run`` of scar_seg's ``configs/<config>`` with ``overrides``; returns its wall seconds."""
-    from monai.bundle import run
+    """``monai.bundle.run`` of scar_seg's ``configs/<config>`` with ``overrides`` (as ``lgesynth experiment`` runs
+    it); returns its wall seconds."""
+    from lgesynth.seg import experiment
 
-    from lgesynth.bundles import bundle_dir
-
-    configs = bundle_dir("scar_seg") / "configs"
     start = time.perf_counter()
-    run(config_file=str(configs / config), meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
+    experiment.bundle_run(config, False, **overrides)
     return time.perf_counter() - start
 
 
 def _record_wall(folder: Path, key: str, seconds: float) -> None:
     """Add ``{key: seconds}`` to ``folder/wall_seconds.json``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from lgesynth.io import write_json
+
     path = folder / "wall_seconds.json"
     record = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**record, key: round(seconds, 1)}, indent=2) + "\n")
+    write_json(path, {**record, key: round(seconds, 1)})
 
 
 def make_plan(folder: Path, datalist: Path, stage: str, minutes: float) -> dict:

@@ -68,6 +68,7 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     cascade (the plan's ``"cascade"``) its localizer, ``localizer.pt`` + ``localizer_plan.json``. Any other bundle:
     MONAI's ``models/model.pt``. Each with ``models/model.ts`` when exported to TorchScript.
     """
+    from lgesynth.seg.cascade_plan import plan_stage
     from lgesynth.synth.generate import GENERATOR_JSON, load_generator_record
 
     root = Path(bundle_dir)
@@ -88,7 +89,7 @@ def model_files(bundle_dir: str | Path) -> list[Path]:
     else:
         planned = (models / PLAN_JSON).is_file() or root.name == "scar_seg"
         files = ["model.pt", PLAN_JSON] if planned else ["model.pt"]
-        if planned and (models / PLAN_JSON).is_file() and (read_json(models / PLAN_JSON).get("cascade") or {}).get("stage") == "roi":
+        if (models / PLAN_JSON).is_file() and plan_stage(read_json(models / PLAN_JSON)) == "roi":
             files += [LOCALIZER_WEIGHTS, LOCALIZER_PLAN]  # the cascade's stage 1 (lgesynth.seg.cascade)
         for name in files:
             if not (models / name).is_file():

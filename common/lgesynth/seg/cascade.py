@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
+from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 from lgesynth.errors import DataError
 from lgesynth.pack import LOCALIZER_PLAN, LOCALIZER_WEIGHTS
 from lgesynth.seg.cascade_plan import plan_stage
 from lgesynth.seg.data import slice_last_plan
-from lgesynth.seg.engine_utils import plan_inferer
+from lgesynth.seg.engine_utils import load_weights, plan_inferer
 from lgesynth.seg.network import build_dynunet
 from lgesynth.seg.plan import load_plan
 
@@ -82,8 +83,8 @@ def label_box(mask: np.ndarray) -> tuple[list[int], list[int]] | None:
     """In-plane bounding box ``(lo, hi)`` of a ``(X, Y, Z)`` mask (hi exclusive), None when empty."""
     if not mask.any():
         return None
-    xs, ys = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
-    return [int(xs[0]), int(ys[0])], [int(xs[-1]) + 1, int(ys[-1]) + 1]
+    lo, hi = generate_spatial_bounding_box(mask[None])  # MONAI's, over the (X, Y, Z) axes; hi exclusive
+    return [int(lo[0]), int(lo[1])], [int(hi[0]), int(hi[1])]
 
 
 def input_spacing_mm(plan: dict) -> list[float]:
@@ -195,9 +196,7 @@ def plan_cascade_inferer(plan: dict, models_dir: str | Path, device=None, overla
         raise DataError(weights, "missing: this network is the ROI stage of a cascade and needs its localizer "
                                  f"({LOCALIZER_WEIGHTS} + {LOCALIZER_PLAN}); train with --localizer_dir")
     localizer_plan = slice_last_plan(load_plan(models_dir / LOCALIZER_PLAN))
-    localizer = build_dynunet(localizer_plan)
-    localizer.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    localizer = localizer.to(device or "cpu")
+    localizer = load_weights(build_dynunet(localizer_plan), weights).to(device or "cpu")
     return CascadeInferer(localizer, localizer_plan, plan, inferer, plan_inferer(localizer_plan, overlap, mode))
 
 

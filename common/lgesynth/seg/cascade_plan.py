@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from lgesynth.data.validate import slice_axis
-from lgesynth.seg.plan import PRESETS, make_plan
+from lgesynth.seg.plan import PRESETS, cohort_source, make_plan
 from lgesynth.seg.target_spacing import target_spacing
 
 STAGES = ("full", "localizer", "roi")
@@ -35,10 +35,7 @@ ROI_MARGIN_MM = 12.0  # context around the myocardium's box, each side: the loca
 
 def _cohort(fp: dict) -> tuple[np.ndarray, np.ndarray, dict, int, np.ndarray]:
     """(median spacing, median shape, make_plan's info, slice axis, fine target spacing) of a fingerprint."""
-    summary = fp["summary"]
-    spacing = np.asarray(summary["median_spacing_mm"], float)
-    shape = np.asarray(summary["median_shape"], float)
-    info = {"summary": summary, "case_spacings": [c["spacing_mm"] for c in fp.get("cases", []) if "spacing_mm" in c]}
+    spacing, shape, info = cohort_source(fp)
     axis = slice_axis(tuple(int(round(n)) for n in shape), spacing)
     target, _ = target_spacing(spacing, shape, info)
     return spacing, shape, info, axis, np.asarray([float(t) for t in target])
@@ -78,7 +75,8 @@ def roi_plan(fp: dict, preset: str = "cpu", budget_minutes: float | None = None,
     extent = fp["summary"].get("myocardium_extent_mm") or {}
     if not extent.get("n") or not extent["n"][0]:
         raise ValueError("the fingerprint has no myocardium extents (no training label holds myocardium): "
-                         "a cascade cannot be planned; use cascade: false")
+                         "a cascade cannot be planned; train single-stage (--cascade_stage full, lgesynth experiment "
+                         "--nocascade)")
     median, largest = np.asarray(extent["median"], float), np.asarray(extent["max"], float)
     roi_mm = np.where(np.arange(3) == axis, shape * spacing, np.minimum(median + 2 * margin_mm, shape * spacing))
     roi_shape = np.maximum(np.round(roi_mm / spacing), 1)

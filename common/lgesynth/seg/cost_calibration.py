@@ -73,7 +73,7 @@ def refine_plan(plan: dict, measured_seconds: float | None = None) -> dict:
     scale = inputs["seconds_scale"] * measured_seconds / plan["budget"]["seconds_per_iteration"]
     new = make_plan((inputs["median_spacing_mm"], inputs["median_shape"]), preset=inputs["preset"],
                     budget_minutes=inputs["budget_minutes"], dims=inputs["dims"], res_block=inputs["res_block"],
-                    seconds_scale=scale, target_spacing_mm=plan["target_spacing_mm"], cascade=inputs.get("cascade"))
+                    seconds_scale=scale, target_spacing_mm=plan["target_spacing_mm"], cascade=plan.get("cascade"))
     new["why"].append(f"cost model rescaled x{scale:.2f}: a measured iteration took {measured_seconds:.3f} s where "
                       f"{plan['budget']['seconds_per_iteration']:.3f} s was predicted")
     return new

@@ -52,7 +52,8 @@ from lgesynth.seg.experiment_tracking import (bundle_tracking, delete_runs, eval
 logger = logging.getLogger("lgesynth.experiment")
 
 
-def _bundle_run(config: str, logging_file, **overrides) -> None:
+def bundle_run(config: str, logging_file, **overrides) -> None:
+    """``monai.bundle.run`` of the scar_seg bundle's ``configs/<config>`` in this process, with ``overrides``."""
     from monai.bundle import run
 
     from lgesynth.bundles import bundle_dir
@@ -106,7 +107,7 @@ def _choose_postprocessing(arm: Arm, real: Path, min_scar_ml, logging_file, eval
         else:
             folder = arm.folder / "val_eval"
             datalist = write_json(folder / "val_datalist.json", {"training": [], "test": val})  # the hold-out as "test"
-            _bundle_run("evaluate.yaml", logging_file, datalist=str(datalist), train_dir=str(arm.folder),
+            bundle_run("evaluate.yaml", logging_file, datalist=str(datalist), train_dir=str(arm.folder),
                         output_dir=str(folder), save_predictions=True, min_scar_ml=0.0, n_png=0,
                         save_execute_config=str(folder / "config_evaluate.json"), **evaluate_overrides)
             record = choose_min_scar_ml(val, folder / "predictions")
@@ -121,7 +122,7 @@ def _evaluate(arm: Arm, real: Path, min_scar_ml: float, tracking: dict, logging_
     run_name = eval_run_name(arm)
     delete_runs(tracking["tracking_uri"], tracking["experiment_name"], run_name)
     raw = {"raw_output_dir": str(arm.raw_metrics_csv.parent)} if min_scar_ml > 0 else {}
-    _bundle_run("evaluate.yaml", logging_file, datalist=str(real), train_dir=str(arm.folder),
+    bundle_run("evaluate.yaml", logging_file, datalist=str(real), train_dir=str(arm.folder),
                 output_dir=str(arm.metrics_csv.parent), run_name=run_name, min_scar_ml=min_scar_ml,
                 save_execute_config=str(arm.metrics_csv.parent / "config_evaluate.json"),
                 **raw, **evaluate_overrides, **tracking)
@@ -138,7 +139,7 @@ def _train_localizer(out: Path, real: Path, preset: str, budget_minutes, calibra
                     stage="localizer")
         logger.info("localizer: training in %s", folder)
         keep = {k: v for k, v in overrides.items() if k in ("num_workers", "val_interval", "log_every", "run_tags")}
-        _bundle_run("train.yaml", logging_file, datalist=str(real), output_dir=str(folder),
+        bundle_run("train.yaml", logging_file, datalist=str(real), output_dir=str(folder),
                     plan_path=str(folder / "plan.json"), seed=0, run_name="localizer",
                     save_execute_config=str(folder / "config_train.json"), **keep, **tracking)
     return folder / "models"
@@ -157,7 +158,7 @@ def _run_arm(arm: Arm, real: Path, synthetic: Path, synthetic_ratio, plan_path: 
     if not arm.trained(epochs):
         logger.info("%s: training in %s", arm.run_name, arm.folder)
         data = {"synthetic_datalist": str(synthetic), "synthetic_ratio": synthetic_ratio} if augmented else {}
-        _bundle_run("train.yaml", logging_file, datalist=str(real), output_dir=str(arm.folder), plan_path=str(plan_path),
+        bundle_run("train.yaml", logging_file, datalist=str(real), output_dir=str(arm.folder), plan_path=str(plan_path),
                     seed=arm.seed, run_name=arm.run_name, save_execute_config=str(arm.folder / "config_train.json"),
                     **data, **overrides, **tracking)
         did.append("trained")

@@ -57,8 +57,9 @@ PRESETS = {  # localizer_minutes: the cascade's first stage (lgesynth.seg.cascad
 }
 
 
-def _read_source(source) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(median spacing (3,), median shape (3,), fingerprint summary or {}) from any accepted input."""
+def cohort_source(source) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(median spacing (3,), median shape (3,), ``{"summary", "case_spacings"}`` of a fingerprint or {}) from any
+    input :func:`make_plan` accepts."""
     if isinstance(source, (str, Path)):
         try:
             source = json.loads(Path(source).read_text())
@@ -100,7 +101,7 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     settings = PRESETS[preset]
     budget = settings["budget_minutes"] if budget_minutes is None else float(budget_minutes)
-    spacing_in, shape_in, info = _read_source(source)
+    spacing_in, shape_in, info = cohort_source(source)
     why: list[str] = list((cascade or {}).get("why", []))
     axis = slice_axis(tuple(int(round(n)) for n in shape_in), spacing_in)
     why.append(f"slice axis {axis}: the axis with the fewest voxels (median shape {[int(round(n)) for n in shape_in]})")
@@ -181,7 +182,7 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
         "inputs": {"median_spacing_mm": [float(s) for s in spacing_in], "median_shape": [int(round(n)) for n in shape_in],
                    "preset": preset, "budget_minutes": budget, "dims": dims_arg,
                    "res_block": bool(res_block), "seconds_scale": float(seconds_scale),
-                   "num_cases": info.get("summary", {}).get("num_cases"), "cascade": cascade},
+                   "num_cases": info.get("summary", {}).get("num_cases")},
         "configuration": f"{dims}d",
         "slice_axis": axis,
         "spatial_axes": axes,
