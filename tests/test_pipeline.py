@@ -80,3 +80,32 @@ def test_stages_come_as_the_cli_hands_them_and_unknown_ones_are_named(tmp_path):
         with pytest.raises(ValueError, match=r"unknown stage\(s\) \['inr_fitt'\]"):
             run_pipeline(str(tmp_path / "out"), "smoke", stages=stages)
     assert not (tmp_path / "out").exists()
+
+
+def test_arm_minutes_share_what_the_earlier_stages_leave():
+    from lgesynth.seg.arm_budget import ARM_MINUTES_RANGE, RESERVE_MINUTES, arm_minutes
+
+    quick = arm_minutes(60, {"inr_fit": 170.0, "inr2vec": 410.0, "edm_synth": 390.0}, seeds=2, localizer_minutes=1.5)
+    left = 60 - 970.0 / 60 - 1.5 - RESERVE_MINUTES
+    assert quick["arms"] == 4 and quick["left_minutes"] == pytest.approx(left, abs=0.01)
+    assert quick["arm_minutes"] == pytest.approx(int(left / 4 * 10) / 10) and quick["arm_minutes"] * 4 <= left
+    slow = arm_minutes(60, {"inr_fit": 600.0, "inr2vec": 1200.0, "edm_synth": 600.0}, seeds=2, localizer_minutes=1.5)
+    assert slow["arm_minutes"] < quick["arm_minutes"]  # a slower CPU's earlier stages leave its arms less
+    over = arm_minutes(60, {"inr2vec": 3600.0}, seeds=2, localizer_minutes=1.5)
+    assert over["arm_minutes"] == ARM_MINUTES_RANGE[0] and "run over" in over["why"]
+    assert arm_minutes(600, {}, seeds=1, localizer_minutes=0)["arm_minutes"] == ARM_MINUTES_RANGE[1]
+
+
+def test_auto_arm_budget_reads_the_stage_records(tiny_run, tmp_path):
+    from lgesynth.seg.arm_budget import arm_minutes
+
+    preset = tmp_path / "auto.yaml"
+    preset.write_text(yaml.safe_dump({**TINY, "budget_minutes": 45}))
+    pipe = Pipeline(tiny_run["out"], preset, data=tiny_run["datalist"], stages=("scar_seg",))  # earlier stages: records only
+    spent = {name: json.loads((tiny_run["out"] / ".stages" / f"{name}.json").read_text())["seconds"]
+             for name in ("data", "inr_fit", "inr2vec")}
+    minutes = pipe._arm_minutes({"budget_minutes": "auto", "seeds": [0, 1, 2], "localizer_minutes": 0.5})
+    assert minutes == arm_minutes(45, spent, 3, 0.5)["arm_minutes"]
+    record = json.loads((tiny_run["out"] / "experiment" / "arm_budget.json").read_text())
+    assert record["arms"] == 6 and record["spent_seconds"] == spent and record["arm_minutes"] == minutes
+    assert pipe._arm_minutes({"budget_minutes": "auto", "seeds": [0], "cascade": False}) > minutes  # fewer arms, no localizer

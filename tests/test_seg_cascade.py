@@ -82,6 +82,10 @@ def test_localizer_plan_coarsens_in_plane_only_and_roi_plan_covers_the_median_he
     assert roi["cascade"]["roi_mm"][0] == pytest.approx(ring_mm + 2 * ROI_MARGIN_MM, abs=3.0)
     assert all(p * 1.5 >= ring_mm + 2 * ROI_MARGIN_MM for p in roi["patch_size"][:2])  # the patch covers the median ROI
     assert roi["why"][0].startswith("cascade stage 2") and loc["why"][0].startswith("cascade stage 1")
+    # the ROI's width ladder starts at 16 (iterations pay more than width there); the localizer's at 32
+    assert roi["cascade"]["widths"] == [16, 8] and roi["budget"]["candidates"][0]["base_filters"] == 16
+    assert all(c["base_filters"] <= 16 for c in roi["budget"]["candidates"])
+    assert loc["budget"]["candidates"][0]["base_filters"] == 32
 
 
 def test_planned_roi_contains_the_label_with_the_planned_margin():

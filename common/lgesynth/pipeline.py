@@ -187,11 +187,34 @@ class Pipeline:
         from lgesynth.seg.experiment import run_experiment
 
         o = dict(self.preset.get("scar_seg", {}).get("experiment", {}))
+        if o.get("budget_minutes") == "auto":
+            o["budget_minutes"] = self._arm_minutes(o)
         tags = {**self.run_tags("scar_seg"), "seed": None}  # each arm's runs carry its own seed
         o["overrides"] = {"run_tags": tags, **dict(o.get("overrides") or {})}
         o["evaluate_overrides"] = {"run_tags": tags, **dict(o.get("evaluate_overrides") or {})}
         run_experiment(self.datalist, self.out / "synthetic" / "datalist.json", self.out / "experiment",
                        tracking_uri=self.tracking_uri, experiment_name=self.experiment_name, **o)
+
+    def _arm_minutes(self, experiment: dict) -> float:
+        """``budget_minutes: auto``: the minutes left of the preset's budget per arm (:mod:`lgesynth.seg.arm_budget`),
+        from the wall times of the stages before scar_seg (this run's, or the records of stages done earlier); the
+        reckoning goes to ``DIR/experiment/arm_budget.json`` and the log. An experiment already planned keeps its plan."""
+        from lgesynth.seg.arm_budget import arm_minutes
+        from lgesynth.seg.experiment import parse_seeds
+        from lgesynth.seg.plan import PRESETS as PLAN_PRESETS
+
+        spent = {}
+        for name in STAGES[: STAGES.index("scar_seg")]:
+            record = self._stage_record(name)
+            seconds = self.times.get(name, json.loads(record.read_text()).get("seconds") if record.exists() else None)
+            if seconds is not None:
+                spent[name] = float(seconds)
+        localizer = 0.0 if experiment.get("cascade") is False else float(
+            experiment.get("localizer_minutes") or PLAN_PRESETS[experiment.get("preset", "cpu")]["localizer_minutes"] or 0.0)
+        budget = arm_minutes(self.preset["budget_minutes"], spent, len(parse_seeds(experiment.get("seeds", (0, 1, 2)))), localizer)
+        write_json(self.out / "experiment" / "arm_budget.json", {**budget, "spent_seconds": spent})
+        logger.info("scar_seg: %s", budget["why"])
+        return budget["arm_minutes"]
 
     def run(self) -> dict:
         """Run every stage not yet done, then write ``report.html``; returns the wall time per stage (s).

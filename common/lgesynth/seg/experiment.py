@@ -77,7 +77,7 @@ def _check_inputs(real: Path, synthetic: Path) -> None:
                                    "cases are for training only")
 
 
-def _seeds(seeds) -> list[int]:
+def parse_seeds(seeds) -> list[int]:
     """0 / "0,1,2" / (0, 1, 2) -> [0, 1, 2] (fire turns ``--seeds 0,1,2`` into a tuple)."""
     if isinstance(seeds, str):
         seeds = [s for s in seeds.replace(" ", "").split(",") if s]
@@ -212,7 +212,7 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
     from lgesynth.seg.data import ensure_plan
 
     real, synthetic, out = Path(real).resolve(), Path(synthetic).resolve(), Path(out).resolve()
-    seeds = _seeds(seeds)
+    seeds = parse_seeds(seeds)
     _check_inputs(real, synthetic)
     out.mkdir(parents=True, exist_ok=True)
     the_plan = ensure_plan(plan, real, out, preset=preset, budget_minutes=budget_minutes, calibrate=calibrate,

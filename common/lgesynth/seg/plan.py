@@ -93,7 +93,8 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
         target_spacing_mm: (3,) use this target spacing instead of deriving it (nnU-Net's
             ``overwrite_target_spacing``).
         cascade: the stage of a heart-ROI cascade this network is (:mod:`lgesynth.seg.cascade_plan`), stored as
-            ``plan["cascade"]`` with its ``"why"`` lines first in ``plan["why"]``; None for a single-stage plan.
+            ``plan["cascade"]`` with its ``"why"`` lines first in ``plan["why"]``, and its ``"widths"`` (if any)
+            replacing the ladder's 32/16/8; None for a single-stage plan.
     Returns:
         the plan, a JSON-ready dict; ``plan["why"]`` lists every decision in words.
     """
@@ -145,7 +146,8 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
                "one median volume's worth of slices (clipped to 2..12)"))
 
     shrinkable = [i for i, a in enumerate(axes) if not (dims == 3 and aniso and a == axis)]
-    choice, candidates = _choose(spacing, topo["patch_size"], shrinkable, batch, preset, budget, seconds_scale)
+    widths = tuple((cascade or {}).get("widths", WIDTHS))
+    choice, candidates = _choose(spacing, topo["patch_size"], shrinkable, batch, preset, budget, seconds_scale, widths)
     min_iterations = None if budget is None else min_iterations_for(budget)
     base, patch_size, sec, iterations = choice
     final = pool_and_kernels(spacing, patch_size)
@@ -161,7 +163,8 @@ def make_plan(source, preset: str = "cpu", budget_minutes: float | None = None, 
         per_epoch = max(1, iterations // epochs)
         why.append(f"budget {budget:g} min per arm, {TRAIN_FRACTION:.0%} of it for training steps: width {base} "
                    f"(filters {network['filters'][0]}..{network['filters'][-1]}), patch {patch_size}, "
-                   f"{sec:.2f} s/iteration predicted -> {epochs * per_epoch} iterations; the first of widths 32/16/8 at "
+                   f"{sec:.2f} s/iteration predicted -> {epochs * per_epoch} iterations; the first of widths "
+                   f"{'/'.join(map(str, widths))} at "
                    f"the full patch, then smaller patches, that fits >= 200 x sqrt(budget minutes) = {min_iterations} iterations"
                    + ("" if iterations >= min_iterations else
                       f" -- none did, so the cheapest candidate was taken with only {iterations} iterations"))
@@ -211,17 +214,17 @@ def min_iterations_for(budget_minutes: float) -> int:
     return int(math.ceil(MIN_ITERATIONS_PER_SQRT_MINUTE * math.sqrt(budget_minutes)))
 
 
-def _choose(spacing, full_patch, shrinkable, batch, preset, budget, scale):
+def _choose(spacing, full_patch, shrinkable, batch, preset, budget, scale, widths=WIDTHS):
     """(base filters, patch, seconds/iteration, iterations) and the candidates table (module doc)."""
     if preset == "paper" and budget is None:
         sec = seconds_per_iteration(batch, full_patch, BASE_FILTERS, scale)
         total = PRESETS["paper"]["epochs"] * PRESETS["paper"]["iterations_per_epoch"]
         return (BASE_FILTERS, list(full_patch), sec, total), []
     train_seconds = budget * 60.0 * TRAIN_FRACTION
-    ladder = [(w, list(full_patch)) for w in WIDTHS]
+    ladder = [(w, list(full_patch)) for w in widths]
     patch = list(full_patch)
     while (patch := shrink_patch(spacing, patch, shrinkable)) is not None:
-        ladder.append((WIDTHS[-1], patch))
+        ladder.append((widths[-1], patch))
     table = []
     for base, patch in ladder:
         sec = seconds_per_iteration(batch, patch, base, scale)
