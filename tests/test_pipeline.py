@@ -83,10 +83,10 @@ def test_stages_come_as_the_cli_hands_them_and_unknown_ones_are_named(tmp_path):
 
 
 def test_arm_minutes_share_what_the_earlier_stages_leave():
-    from lgesynth.seg.arm_budget import ARM_MINUTES_RANGE, RESERVE_MINUTES, arm_minutes
+    from lgesynth.seg.arm_budget import ARM_MINUTES_RANGE, ARM_RESERVE_MINUTES, RESERVE_MINUTES, arm_minutes
 
     quick = arm_minutes(60, {"inr_fit": 170.0, "inr2vec": 410.0, "edm_synth": 390.0}, seeds=2, localizer_minutes=1.5)
-    left = 60 - 970.0 / 60 - 1.5 - RESERVE_MINUTES
+    left = 60 - 970.0 / 60 - 1.5 - RESERVE_MINUTES - 4 * ARM_RESERVE_MINUTES
     assert quick["arms"] == 4 and quick["left_minutes"] == pytest.approx(left, abs=0.01)
     assert quick["arm_minutes"] == pytest.approx(int(left / 4 * 10) / 10) and quick["arm_minutes"] * 4 <= left
     slow = arm_minutes(60, {"inr_fit": 600.0, "inr2vec": 1200.0, "edm_synth": 600.0}, seeds=2, localizer_minutes=1.5)
