@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 import pytest
 import torch
 
@@ -443,6 +444,25 @@ def test_plausibility_passes_rings_and_fails_broken_anatomy():
     # a flipped stack (base at the high index) moves the allowance with the anatomy
     flipped = myo[..., ::-1]
     assert plausibility_problems(_open(flipped, 4)) == [] and plausibility_problems(_open(flipped, 3)) != []
+
+
+def test_plausibility_skips_partial_volume_tips_and_allows_a_cap_one_wall_thick():
+    """A slice grazing the apex (a few voxels, here in 2 pieces) is not checked; the apex may be closed on
+    every slice within one wall thickness (5 mm here) of the most apical one, and no further."""
+    myo = _rings(shape=(40, 40, 7))
+    tip = myo.copy()
+    tip[19:21, 10:12, 5] = tip[19:21, 28:30, 5] = True                      # 8 voxels in 2 pieces beyond the apex
+    assert plausibility_problems(tip) == [] and plausibility_problems(tip, tip_fraction=0.0) != []
+    middle = tip.copy()
+    middle[..., 3] = False
+    middle[19:21, 10:12, 3] = True                                          # the same few voxels mid-stack: checked
+    assert any("slice 3" in p for p in plausibility_problems(middle))
+    capped = myo.copy()
+    capped[..., 3] = ndi.binary_fill_holes(myo[..., 3])                     # a closed cap on the 2nd apical slice
+    capped[..., 4] = ndi.binary_fill_holes(myo[..., 4])
+    assert plausibility_problems(capped, spacing_mm=(1.0, 1.0, 4.0)) == []  # 4 mm from the apex, wall 5 mm
+    assert any("slice 3: myocardium encloses no cavity" in p for p in plausibility_problems(capped, spacing_mm=(1.0, 1.0, 8.0)))
+    assert any("slice 3" in p for p in plausibility_problems(capped))       # no spacing: the apical slice alone
 
 
 def _stats(masks: list[np.ndarray], latents: torch.Tensor, prefix: str) -> CohortStats:

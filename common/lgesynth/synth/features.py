@@ -5,9 +5,15 @@
   myocardium, the myocardium is one 2D connected component (8-connected) that encloses a cavity
   (``binary_fill_holes`` adds voxels). Specks, pieces under ``SPECK_FRACTION`` (2 %) of the slice's
   myocardium (decoding noise of a few voxels, which keeping the largest component would remove), are
-  not counted as pieces. Open rings are allowed at the most basal myocardial slice
-  (the left ventricular outflow tract) and a closed cap at the most apical one (the apex has no
-  cavity); which end is apical is read from the anatomy (``seg.regions.apex_at_high_index``).
+  not counted as pieces. A slice at either end of the stack with under ``TIP_FRACTION`` (10 %) of the
+  largest slice's myocardium is a partial-volume tip (the slice grazes the apex or the base: on the
+  phantom's own training volumes these tips, a few dozen voxels in 2-3 pieces, made 10 % of them
+  fail) and is not checked. Open rings are allowed at the most basal myocardial slice
+  (the left ventricular outflow tract), and a closed cap on the apical slices within one wall thickness
+  (the mean over the volume's ring slices) of the most apical one: the apex is a cap of myocardium as
+  thick as the wall, which a stack resampled to thinner slices cuts more than once. Both ends are
+  counted without the tips; which end is apical is read from the anatomy
+  (``seg.regions.apex_at_high_index``).
 - **features** (:func:`volume_features`): ``myocardial_volume_ml``; ``wall_thickness_mm`` = mean over
   the ridge of the in-plane distance transform (its local maxima) of ``2 EDT - s`` (``s`` = mean
   in-plane spacing; exact for walls of an odd number of voxels, one voxel short for even ones, the
@@ -27,31 +33,45 @@ from scipy import ndimage as ndi
 
 FEATURES = ("myocardial_volume_ml", "wall_thickness_mm", "scar_burden", "contrast_scar_remote", "contrast_blood_remote")
 SPECK_FRACTION = 0.02
+TIP_FRACTION = 0.10
 _EIGHT = np.ones((3, 3), dtype=bool)
 
-def _ends(myo: np.ndarray, axis: int, spacing_mm) -> tuple[int | None, int | None]:
-    """``(basal, apical)`` slice indices of the myocardium's slice range (None without myocardium)."""
-    from lgesynth.seg.regions import apex_at_high_index, myocardial_slices
-
-    label = myo.astype(np.uint8)
-    slices = myocardial_slices(label, axis)
+def _checked_slices(myo: np.ndarray, axis: int, tip_fraction: float) -> np.ndarray:
+    """Ascending indices of the slices with myocardium, without the partial-volume tips at either end
+    (end slices whose myocardium is under ``tip_fraction`` of the largest slice's)."""
+    area = np.moveaxis(myo, axis, 0).reshape(myo.shape[axis], -1).sum(axis=1)
+    slices = np.flatnonzero(area)
     if slices.size == 0:
-        return None, None
-    if apex_at_high_index(label, axis, spacing_mm):
+        return slices
+    is_tip = area[slices] < tip_fraction * area.max()
+    first, last = 0, slices.size
+    while first < last and is_tip[first]:
+        first += 1
+    while last > first and is_tip[last - 1]:
+        last -= 1
+    return slices[first:last]
+
+
+def _ends(myo: np.ndarray, axis: int, spacing_mm, slices: np.ndarray) -> tuple[int, int]:
+    """``(basal, apical)`` slice indices among the checked ``slices`` (non-empty)."""
+    from lgesynth.seg.regions import apex_at_high_index
+
+    if apex_at_high_index(myo.astype(np.uint8), axis, spacing_mm):
         return int(slices[0]), int(slices[-1])
     return int(slices[-1]), int(slices[0])
 
 
 def plausibility_problems(myo: np.ndarray, scar: np.ndarray | None = None, axis: int = 2, spacing_mm=None,
                           allow_open_base: bool = True, allow_apical_cap: bool = True,
-                          speck_fraction: float = SPECK_FRACTION) -> list[str]:
+                          speck_fraction: float = SPECK_FRACTION, tip_fraction: float = TIP_FRACTION) -> list[str]:
     """Why a myocardium (+ scar) mask pair is implausible; ``[]`` when it passes (see module doc).
 
     Args:
         myo, scar: (x, y, z) masks (nonzero = inside); ``scar`` None skips the subset check.
         axis: the slice axis (2 on the canonical grid).
-        spacing_mm: (3,) voxel size, for finding the apex.
+        spacing_mm: (3,) voxel size, for finding the apex and the cap's extent (None: 1 mm voxels).
         speck_fraction: pieces smaller than this share of the slice's myocardium are not counted.
+        tip_fraction: end slices with less than this share of the largest slice's myocardium are not checked.
     """
     myo = np.asarray(myo) != 0
     problems = []
@@ -59,11 +79,13 @@ def plausibility_problems(myo: np.ndarray, scar: np.ndarray | None = None, axis:
         outside = int(np.count_nonzero((np.asarray(scar) != 0) & ~myo))
         if outside:
             problems.append(f"{outside} scar voxels outside the myocardium")
-    basal, apical = _ends(myo, axis, spacing_mm)
-    if basal is None:
+    slices = _checked_slices(myo, axis, tip_fraction)
+    if slices.size == 0:
         return problems + ["no myocardium"]
+    basal, apical = _ends(myo, axis, spacing_mm, slices)
+    cap = _apical_cap(myo, axis, spacing_mm, slices, apical) if allow_apical_cap else set()
     m = np.moveaxis(myo, axis, 0)
-    for k in range(m.shape[0]):
+    for k in slices:
         if not m[k].any():
             continue
         labelled, n = ndi.label(m[k], structure=_EIGHT)
@@ -72,9 +94,31 @@ def plausibility_problems(myo: np.ndarray, scar: np.ndarray | None = None, axis:
         if pieces != 1:
             problems.append(f"slice {k}: myocardium in {pieces} pieces")
         encloses = int(ndi.binary_fill_holes(m[k]).sum()) > int(m[k].sum())
-        if not encloses and not (allow_open_base and k == basal) and not (allow_apical_cap and k == apical):
+        if not encloses and not (allow_open_base and k == basal) and not (allow_apical_cap and k in cap):
             problems.append(f"slice {k}: myocardium encloses no cavity (open ring)")
     return problems
+
+
+def _apical_cap(myo: np.ndarray, axis: int, spacing_mm, slices: np.ndarray, apical: int) -> set[int]:
+    """The checked slices within one wall thickness (mm, over the slices that are rings) of the ``apical``
+    slice, which included; the apical slice alone without ``spacing_mm`` or rings."""
+    if spacing_mm is None:
+        return {apical}
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    s_plane = spacing[[a for a in range(3) if a != axis]]
+    m = np.moveaxis(myo, axis, 0)
+    rings = [m[k] for k in slices if ndi.binary_fill_holes(m[k]).sum() > m[k].sum()]
+    if not rings:
+        return {apical}
+    wall_mm = mean_or_nan(np.concatenate([_ridge_thickness(r, s_plane) for r in rings]))
+    return {int(k) for k in slices if abs(int(k) - apical) * spacing[axis] <= wall_mm}
+
+
+def _ridge_thickness(m: np.ndarray, s_plane: np.ndarray) -> np.ndarray:
+    """In-plane wall thickness (mm) along the ridge of one slice's myocardium ``m`` (see module doc)."""
+    edt = ndi.distance_transform_edt(np.pad(m, 1), sampling=s_plane)[1:-1, 1:-1]
+    ridge = m & (edt >= ndi.maximum_filter(edt, footprint=_EIGHT, mode="constant"))
+    return 2 * edt[ridge] - s_plane.mean()
 
 
 def mean_or_nan(values: np.ndarray) -> float:
@@ -96,9 +140,7 @@ def volume_features(image: np.ndarray | None, label: np.ndarray, spacing_mm, axi
         if not m[k].any():
             continue
         cavity[k] = ndi.binary_fill_holes(m[k]) & ~m[k]
-        edt = ndi.distance_transform_edt(np.pad(m[k], 1), sampling=s_plane)[1:-1, 1:-1]
-        ridge = m[k] & (edt >= ndi.maximum_filter(edt, footprint=_EIGHT, mode="constant"))
-        ridge_thickness.append(2 * edt[ridge] - s_plane.mean())
+        ridge_thickness.append(_ridge_thickness(m[k], s_plane))
     cavity = np.moveaxis(cavity, 0, axis)
     n_myo, n_scar = int(myo.sum()), int(scar.sum())
     out = {"myocardial_volume_ml": n_myo * float(np.prod(spacing)) / 1000.0,
