@@ -23,17 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lgesynth.inr2vec.latents import load_latents
+from edm_span import add_run_arguments, load_run  # the sibling benchmark's helpers
+from lgesynth.engines.edm import EdmData
 from lgesynth.synth.features import FEATURES, volume_features
 from lgesynth.synth.generator import Generator, decode_samples, sample_grid
 
 
-def decoded_features(gen: Generator, z: torch.Tensor) -> dict[str, np.ndarray]:
-    """Features (per row) of standardised vectors ``z`` (n, model_dim) decoded on each one's canonical grid."""
-    w, spacing = gen.split(gen.standardizer.destandardize(z.to(gen.device)).cpu())
+def decoded_features(gen: Generator, w: torch.Tensor, spacing: np.ndarray) -> dict[str, np.ndarray]:
+    """Features (per row) of latents ``w`` (n, dim) decoded on each one's canonical grid at ``spacing`` (n, 3) mm."""
     grids = [sample_grid(gen.record, s) for s in spacing]
     rows = [volume_features(image, label, spacing[i]) for i, image, label in decode_samples(gen.decoder, w, grids)]
     return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in FEATURES}
+
+
+def standardised_features(gen: Generator, z: torch.Tensor) -> dict[str, np.ndarray]:
+    """:func:`decoded_features` of standardised vectors ``z`` (n, model_dim)."""
+    return decoded_features(gen, *gen.split(gen.standardizer.destandardize(z.to(gen.device)).cpu()))
 
 
 def shifts(changed: dict, reference: dict, sd: dict) -> dict[str, float]:
@@ -43,9 +48,7 @@ def shifts(changed: dict, reference: dict, sd: dict) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", help="a pipeline output folder")
-    ap.add_argument("--latents", help="latents.json (default RUN/inr2vec/latents.json)")
-    ap.add_argument("--models", help="generator models folder (default RUN/edm_synth/models)")
+    add_run_arguments(ap)
     ap.add_argument("--eps", default="0.25,0.5", help="comma-separated noise scales (standardised units)")
     ap.add_argument("--blends", default="0.25,0.5", help="comma-separated blend weights t")
     ap.add_argument("--pairs", type=int, default=60)
@@ -54,37 +57,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not (args.run or (args.latents and args.models)):
-        ap.error("give --run, or --latents and --models")
     torch.set_num_threads(args.threads)
-    gen = Generator(args.models or Path(args.run) / "edm_synth" / "models")
+    gen, latents = load_run(ap, args)
     if gen.model_dim != gen.vector_dim:
         ap.error("a generator of components: span models no latent dims directly; this benchmark needs components: all")
-    lat = load_latents(args.latents or Path(args.run) / "inr2vec" / "latents.json")
-    rows = lat.rows("training")
-    vectors = lat.latents[rows].float()
-    if gen.scale_dims:
-        spacing = np.array([lat.subjects[i]["canonical_spacing_mm"] for i in rows], dtype=np.float64)
-        vectors = torch.cat([vectors, torch.log(torch.from_numpy(spacing)).float()], 1)
-    z = gen.standardizer.standardize(vectors.to(gen.device)).cpu()
-    base = decoded_features(gen, z)
+    data = EdmData(str(latents), scale=bool(gen.scale_dims))  # the training subjects' [w, log voxel size], as trained
+    z = gen.standardizer.standardize(data.x.to(gen.device)).cpu()
+    n = len(data.ids)
+    base = standardised_features(gen, z)
     sd = {k: float(np.nanstd(base[k])) for k in FEATURES}
-    out: dict = {"training_subjects": len(rows), "feature_sd": sd, "rows": {}}
+    out: dict = {"training_subjects": n, "feature_sd": sd, "rows": {}}
     noise_gen = torch.Generator().manual_seed(args.seed)
     for eps in (float(e) for e in args.eps.split(",") if e):
         noise = torch.randn(z.shape, generator=noise_gen)
         noise[:, gen.dim:] = 0.0
-        out["rows"][f"noise {eps:g}"] = shifts(decoded_features(gen, z + eps * noise), base, sd)
+        out["rows"][f"noise {eps:g}"] = shifts(standardised_features(gen, z + eps * noise), base, sd)
     rng = np.random.default_rng(args.seed)
-    a, b = rng.integers(0, len(rows), args.pairs), rng.integers(0, len(rows), args.pairs)
+    a, b = rng.integers(0, n, args.pairs), rng.integers(0, n, args.pairs)
     a, b = a[a != b], b[a != b]
     for t in (float(x) for x in args.blends.split(",") if x):
-        blended = decoded_features(gen, (1 - t) * z[a] + t * z[b])
+        blended = standardised_features(gen, (1 - t) * z[a] + t * z[b])
         ends = {k: (1 - t) * base[k][a] + t * base[k][b] for k in FEATURES}
         out["rows"][f"blend {t:g}"] = shifts(blended, ends, sd)
-    w, spacing = gen.sample_with_spacing(args.samples, seed=args.seed)
-    vectors = torch.cat([w, torch.log(torch.from_numpy(spacing)).float()], 1) if gen.scale_dims else w
-    sampled = decoded_features(gen, gen.standardizer.standardize(vectors.to(gen.device)).cpu())
+    sampled = decoded_features(gen, *gen.sample_with_spacing(args.samples, seed=args.seed))
     out["rows"]["samples"] = {k: round(float((np.nanmean(sampled[k]) - np.nanmean(base[k])) / sd[k]), 3) for k in FEATURES}
     out["samples_sd_ratio"] = {k: round(float(np.nanstd(sampled[k]) / sd[k]), 3) for k in FEATURES}
     print(json.dumps(out, indent=2))

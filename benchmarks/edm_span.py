@@ -46,11 +46,25 @@ def plausible_share(gen: Generator, w: torch.Tensor, spacing: np.ndarray, slice_
     return good / max(1, len(grids))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--run`` (a pipeline output folder), or ``--latents`` and ``--models``."""
     ap.add_argument("--run", help="a pipeline output folder")
     ap.add_argument("--latents", help="latents.json (default RUN/inr2vec/latents.json)")
     ap.add_argument("--models", help="generator models folder (default RUN/edm_synth/models)")
+
+
+def load_run(ap: argparse.ArgumentParser, args) -> tuple[Generator, Path]:
+    """The generator and the latents path named by :func:`add_run_arguments`' arguments (``ap.error`` when
+    neither is given)."""
+    if not (args.run or (args.latents and args.models)):
+        ap.error("give --run, or --latents and --models")
+    gen = Generator(args.models or Path(args.run) / "edm_synth" / "models")
+    return gen, Path(args.latents or Path(args.run) / "inr2vec" / "latents.json")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(ap)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--slice-spacing", type=float, default=10.0)
@@ -58,11 +72,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not (args.run or (args.latents and args.models)):
-        ap.error("give --run, or --latents and --models")
     torch.set_num_threads(args.threads)
-    gen = Generator(args.models or Path(args.run) / "edm_synth" / "models")
-    lat = load_latents(args.latents or Path(args.run) / "inr2vec" / "latents.json")
+    gen, latents = load_run(ap, args)
+    lat = load_latents(latents)
     rows = lat.rows("training")
     w = lat.latents[rows].float()
     spacing = np.array([lat.subjects[i]["canonical_spacing_mm"] for i in rows], dtype=np.float64)
