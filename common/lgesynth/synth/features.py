@@ -69,7 +69,8 @@ def plausibility_problems(myo: np.ndarray, scar: np.ndarray | None = None, axis:
     Args:
         myo, scar: (x, y, z) masks (nonzero = inside); ``scar`` None skips the subset check.
         axis: the slice axis (2 on the canonical grid).
-        spacing_mm: (3,) voxel size, for finding the apex and the cap's extent (None: 1 mm voxels).
+        spacing_mm: (3,) voxel size, for finding the apex and the cap's extent (None: the apex from unit
+            voxels, and a closed cap on the most apical slice alone).
         speck_fraction: pieces smaller than this share of the slice's myocardium are not counted.
         tip_fraction: end slices with less than this share of the largest slice's myocardium are not checked.
     """
@@ -83,33 +84,28 @@ def plausibility_problems(myo: np.ndarray, scar: np.ndarray | None = None, axis:
     if slices.size == 0:
         return problems + ["no myocardium"]
     basal, apical = _ends(myo, axis, spacing_mm, slices)
-    cap = _apical_cap(myo, axis, spacing_mm, slices, apical) if allow_apical_cap else set()
     m = np.moveaxis(myo, axis, 0)
+    encloses = {int(k): int(ndi.binary_fill_holes(m[k]).sum()) > int(m[k].sum()) for k in slices}
+    rings = [m[k] for k in slices if encloses[int(k)]]
+    cap = _apical_cap(rings, axis, spacing_mm, slices, apical) if allow_apical_cap else set()
     for k in slices:
-        if not m[k].any():
-            continue
         labelled, n = ndi.label(m[k], structure=_EIGHT)
         sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
         pieces = int((sizes >= speck_fraction * sizes.sum()).sum())
         if pieces != 1:
             problems.append(f"slice {k}: myocardium in {pieces} pieces")
-        encloses = int(ndi.binary_fill_holes(m[k]).sum()) > int(m[k].sum())
-        if not encloses and not (allow_open_base and k == basal) and not (allow_apical_cap and k in cap):
+        if not encloses[int(k)] and not (allow_open_base and k == basal) and k not in cap:
             problems.append(f"slice {k}: myocardium encloses no cavity (open ring)")
     return problems
 
 
-def _apical_cap(myo: np.ndarray, axis: int, spacing_mm, slices: np.ndarray, apical: int) -> set[int]:
-    """The checked slices within one wall thickness (mm, over the slices that are rings) of the ``apical``
-    slice, which included; the apical slice alone without ``spacing_mm`` or rings."""
-    if spacing_mm is None:
+def _apical_cap(rings: list[np.ndarray], axis: int, spacing_mm, slices: np.ndarray, apical: int) -> set[int]:
+    """The checked ``slices`` within one wall thickness (mm, over the ring slices ``rings``, 2D masks) of the
+    ``apical`` slice, which included; the apical slice alone without ``spacing_mm`` or rings."""
+    if spacing_mm is None or not rings:
         return {apical}
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     s_plane = spacing[[a for a in range(3) if a != axis]]
-    m = np.moveaxis(myo, axis, 0)
-    rings = [m[k] for k in slices if ndi.binary_fill_holes(m[k]).sum() > m[k].sum()]
-    if not rings:
-        return {apical}
     wall_mm = mean_or_nan(np.concatenate([_ridge_thickness(r, s_plane) for r in rings]))
     return {int(k) for k in slices if abs(int(k) - apical) * spacing[axis] <= wall_mm}
 
