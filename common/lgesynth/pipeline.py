@@ -116,6 +116,11 @@ class Pipeline:
     def _stage_record(self, name: str) -> Path:
         return self.out / ".stages" / f"{name}.json"
 
+    def _recorded_seconds(self, name: str) -> float | None:
+        """The wall seconds a finished stage recorded, None without a record."""
+        record = self._stage_record(name)
+        return json.loads(record.read_text()).get("seconds") if record.exists() else None
+
     def _done(self, name: str, settings: dict, outputs: list[Path]) -> bool:
         record = self._stage_record(name)
         if not record.exists() or not all(Path(p).exists() for p in outputs):
@@ -131,7 +136,7 @@ class Pipeline:
         if name not in self.stages:
             return
         if self._done(name, settings, outputs):
-            self.times[name] = json.loads(self._stage_record(name).read_text()).get("seconds", 0.0)
+            self.times[name] = self._recorded_seconds(name) or 0.0
             logger.info("stage %s: done already (same settings), skipped", name)
             return
         t0 = time.perf_counter()
@@ -205,8 +210,7 @@ class Pipeline:
 
         spent = {}
         for name in STAGES[: STAGES.index("scar_seg")]:
-            record = self._stage_record(name)
-            seconds = self.times.get(name, json.loads(record.read_text()).get("seconds") if record.exists() else None)
+            seconds = self.times.get(name, self._recorded_seconds(name))
             if seconds is not None:
                 spent[name] = float(seconds)
         localizer = 0.0 if experiment.get("cascade") is False else float(

@@ -7,10 +7,11 @@ of the preset's own ``budget_minutes`` after the stages before scar_seg, shared 
 rounded down to 0.1 min and clipped to ``ARM_MINUTES_RANGE``. ``arms`` is 2 per seed (baseline and augmented).
 The reserves pay for what the arms' own budgets do not hold: per arm its validation and test evaluations
 (mirrored) and its overrun of the planned minutes (on EMIDEC's ROI a 9.3-minute arm took 10.35 min: the
-calibration's one timed step misses the data loading); once, the comparison and the report. A cohort whose earlier stages are quick (EMIDEC's 40 cases) so trains its
-segmenters longer than one whose INR bank and latents took most of the hour (the 120-subject phantom), and a
-slower CPU, whose earlier stages took longer, gets shorter arms instead of a pipeline over its hour. The
-planner then buys what it can with those minutes on the machine it trains on (:mod:`lgesynth.seg.plan`).
+calibration's one timed step misses the data loading); once, the comparison and the report. A cohort whose
+earlier stages are quick (EMIDEC's 40 cases) so trains its segmenters longer than one whose INR bank and latents
+took most of the hour (the 120-subject phantom), and a slower CPU, whose earlier stages took longer, gets shorter
+arms instead of a pipeline over its hour. The planner then buys what it can with those minutes on the machine it
+trains on (:mod:`lgesynth.seg.plan`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ def arm_minutes(total_minutes: float, spent_seconds: dict[str, float], seeds: in
     minutes = min(max(share, low), high)
     why = (f"{minutes:g} min per arm: the preset's {float(total_minutes):g} min less {spent:.1f} min of earlier stages, "
            f"{float(localizer_minutes):g} min of localizer and a {reserve:g} min reserve (evaluations, overrun) leave "
-           f"{left:.1f} min for "
-           f"{arms} arms ({share:g} each)")
+           f"{left:.1f} min for {arms} arms ({share:g} each)")
     if share < low:
         why += f"; raised to the floor of {low:g} min, so the pipeline will run over its {float(total_minutes):g} min"
     elif share > high:
