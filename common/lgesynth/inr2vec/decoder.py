@@ -26,6 +26,7 @@ from torch import nn
 
 from lgesynth.inr2vec.chunking import decode_chunked
 from lgesynth.inr2vec.siren_decoder import SirenDecoder
+from lgesynth.inr2vec.tissue import TissueIntensity, check_intensity
 
 
 class FourierFeatures(nn.Module):
@@ -56,12 +57,14 @@ class ImplicitDecoder(nn.Module):
         layers: hidden layers (each Linear + FiLM + ReLU); the head is extra.
         num_freqs: Fourier bands of the coordinate features.
         out_features: 3 = intensity, myocardium logit, scar logit.
+        intensity: ``"field"`` (the head's channel 0) or ``"tissue"`` (the myocardium rendered from its
+            decoded tissue classes, ``inr2vec.tissue``).
     """
 
     kind = "fourier"
 
     def __init__(self, latent_dim: int = 512, hidden: int = 256, layers: int = 5, num_freqs: int = 7,
-                 in_features: int = 3, out_features: int = 3):
+                 in_features: int = 3, out_features: int = 3, intensity: str = "field"):
         super().__init__()
         self.latent_dim, self.hidden, self.layers = latent_dim, hidden, layers
         self.features = FourierFeatures(in_features, num_freqs)
@@ -74,6 +77,8 @@ class ImplicitDecoder(nn.Module):
             self.film.weight.mul_(0.1)
             self.film.bias.zero_()
         self.head = nn.Linear(hidden, out_features)
+        self.intensity = check_intensity(intensity)
+        self.tissue = TissueIntensity(latent_dim, in_features) if intensity == "tissue" else None
 
     @property
     def out_features(self) -> int:
@@ -83,7 +88,7 @@ class ImplicitDecoder(nn.Module):
         """Constructor arguments, with ``kind`` (what ``build_decoder`` takes back)."""
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": self.hidden, "layers": self.layers,
                 "num_freqs": self.features.num_freqs, "in_features": self.features.in_features,
-                "out_features": self.head.out_features}
+                "out_features": self.head.out_features, "intensity": self.intensity}
 
     def modulations(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``latent (subjects, latent_dim)`` -> ``gamma, beta: (layers, subjects, 1, hidden)``."""
@@ -102,7 +107,8 @@ class ImplicitDecoder(nn.Module):
             h = torch.relu(torch.baddbmm(torch.addcmul(beta[layer], lin.bias, scale), h, w))
             if layer == self.skip_at:
                 h = h + self.skip(phi)
-        return self.head(h)
+        raw = self.head(h)
+        return raw if self.tissue is None else self.tissue(raw, coords, latent)
 
     @torch.no_grad()
     def decode(self, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:

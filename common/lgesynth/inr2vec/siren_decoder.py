@@ -26,6 +26,7 @@ from torch import nn
 from lgesynth.inr.fastsin import sincos
 from lgesynth.inr.siren import SirenSpec, init_params
 from lgesynth.inr2vec.chunking import decode_chunked
+from lgesynth.inr2vec.tissue import TissueIntensity, check_intensity
 
 
 class ShiftedSine(torch.autograd.Function):
@@ -59,6 +60,8 @@ class SirenDecoder(nn.Module):
         latent_dim: size of the latent.
         modulation: ``"shift"`` (functa) or ``"scale_shift"``.
         mapping_hidden: 0: ``M`` is one linear map; > 0: Linear-ReLU-Linear with this width.
+        intensity: ``"field"`` (the last layer's channel 0) or ``"tissue"`` (the myocardium rendered from its
+            decoded tissue classes, ``inr2vec.tissue``).
         init: base weights ``[w0 (in, out), b0 (out,), ...]`` (the bank's init); default: SIREN's init of
             seed 0 (what ``load_trained`` builds before the checkpoint overwrites it).
     """
@@ -66,7 +69,7 @@ class SirenDecoder(nn.Module):
     kind = "siren"
 
     def __init__(self, spec: SirenSpec | dict = SirenSpec(), latent_dim: int = 512, modulation: str = "shift",
-                 mapping_hidden: int = 0, init: list[torch.Tensor] | None = None):
+                 mapping_hidden: int = 0, init: list[torch.Tensor] | None = None, intensity: str = "field"):
         super().__init__()
         if modulation not in ("shift", "scale_shift"):
             raise ValueError(f"modulation must be 'shift' or 'scale_shift', got {modulation!r}")
@@ -85,6 +88,8 @@ class SirenDecoder(nn.Module):
         with torch.no_grad():  # zero modulations at step 0: the decoder renders the base SIREN
             self.mapping[-1].weight.zero_()
             self.mapping[-1].bias.zero_()
+        self.intensity = check_intensity(intensity)
+        self.tissue = TissueIntensity(latent_dim, self.spec.in_features) if intensity == "tissue" else None
 
     @property
     def out_features(self) -> int:
@@ -93,7 +98,7 @@ class SirenDecoder(nn.Module):
     def config(self) -> dict:
         """Constructor arguments (without ``init``: the base weights travel in the state dict)."""
         return {"kind": self.kind, "spec": self.spec.to_dict(), "latent_dim": self.latent_dim,
-                "modulation": self.modulation, "mapping_hidden": self.mapping_hidden}
+                "modulation": self.modulation, "mapping_hidden": self.mapping_hidden, "intensity": self.intensity}
 
     @torch.no_grad()
     def load_base(self, params: list[torch.Tensor]) -> "SirenDecoder":
@@ -122,7 +127,8 @@ class SirenDecoder(nn.Module):
                 z = z * scale.unsqueeze(1)
                 bias = b * scale + beta[layer] / omega  # omega (z + b)(1 + gamma) + beta
             h = ShiftedSine.apply(z, bias, omega)
-        return torch.matmul(h, self.base[-2]) + self.base[-1]
+        raw = torch.matmul(h, self.base[-2]) + self.base[-1]
+        return raw if self.tissue is None else self.tissue(raw, coords, latent)
 
     @torch.no_grad()
     def decode(self, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
