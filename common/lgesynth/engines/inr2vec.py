@@ -53,9 +53,10 @@ from lgesynth.flags import flag
 from lgesynth.inr.bank import BANK_JSON, InrBank, load_bank, load_init
 from lgesynth.inr.export import bank_z_extent
 from lgesynth.inr.fit import resolve_dtype
-from lgesynth.inr.sampling import PointSampler, seed_of
+from lgesynth.inr.sampling import PointSampler, grid_shape, seed_of
 from lgesynth.inr2vec.augment import augment_params
 from lgesynth.inr2vec.encoder import Inr2VecEncoder
+from lgesynth.inr2vec.soft_targets import soft_mask_targets
 from lgesynth.inr2vec.train import Inr2VecModel, evaluate, targets_from_inr, train_step
 from lgesynth.io import write_json
 
@@ -126,11 +127,15 @@ class Inr2VecData:
     def ids(self, role: str) -> list[str]:
         return [self.bank.ids[i] for i in self.split[role]]
 
-    def reference_affine(self) -> list[list[float]]:
-        """A canonical affine for decoded subjects: median voxel size of the train subjects, centred at 0."""
+    def reference_spacing(self) -> np.ndarray:
+        """(3,) mm: the median canonical voxel size of the train subjects (ones without canonical affines)."""
         sizes = [np.linalg.norm(np.asarray(self.bank.subjects[i]["canonical"]["canonical_affine"])[:3, :3], axis=0)
                  for i in self.split["train"] if "canonical_affine" in self.bank.subjects[i].get("canonical", {})]
-        spacing = np.median(sizes, axis=0) if sizes else np.ones(3)
+        return np.median(sizes, axis=0) if sizes else np.ones(3)
+
+    def reference_affine(self) -> list[list[float]]:
+        """A canonical affine for decoded subjects: median voxel size of the train subjects, centred at 0."""
+        spacing = self.reference_spacing()
         affine = np.diag([*spacing, 1.0])
         affine[:3, 3] = -spacing * (np.asarray(self.grid.shape) - 1) / 2
         return affine.tolist()
@@ -197,6 +202,9 @@ class Inr2VecTrainer(StepTrainer):
         points: grid points per subject per iteration; ``focus_fraction`` of them from the ``focus``
             (``"boundary"``: both sides of every mask edge, or ``"myocardium"``).
         importance_weights: weight each point by ``1 / (N q)`` (unbiased full-grid loss; module doc).
+        mask_softness_mm: 0: {0, 1} mask targets; tau > 0: ``sigmoid(-signed distance / tau)`` targets, so the
+            mask logits learn signed distances and latents between subjects decode edges between theirs
+            (``inr2vec.soft_targets``). The decoded masks (p > 0.5) are unchanged.
         permute_prob, noise: weight-space augmentation (``augment_params``).
         bf16: bfloat16 autocast for the GEMMs (fp32 weights and loss); ``"auto"``: where the CPU (AVX512-BF16 /
             AMX) or GPU has fast bf16 (without them bf16 is emulated: decoding measured 7x slower than fp32).
@@ -208,7 +216,8 @@ class Inr2VecTrainer(StepTrainer):
 
     def __init__(self, data: Inr2VecData, model, optimizer: torch.optim.Optimizer, output_dir: str, steps: int = 2000,
                  epoch_length: int = 50, subjects_per_batch: int = 16, points: int = 4096, focus_fraction: float = 0.25,
-                 focus: str = "boundary", importance_weights: bool = True, permute_prob: float = 0.0, noise: float = 0.0, bf16: bool | str = "auto", grad_clip: float | None = 1.0,
+                 focus: str = "boundary", importance_weights: bool = True, mask_softness_mm: float = 0.0,
+                 permute_prob: float = 0.0, noise: float = 0.0, bf16: bool | str = "auto", grad_clip: float | None = 1.0,
                  seed: int = 0, train_handlers=(), shard: tuple[int, int] | None = None, config: dict | None = None):
         super().__init__()
         self.data, self.model, self.optimizer = data, model, optimizer
@@ -222,7 +231,10 @@ class Inr2VecTrainer(StepTrainer):
         self.seed = int(seed)
         self.rank, self.world = shard or shard_of_rank()
         self.config = dict(config or {})
-        self.sampler = PointSampler(data.coords, data.targets["train"], self.points, focus_fraction, focus=focus)
+        self.mask_softness_mm = float(mask_softness_mm)
+        train_targets = soft_mask_targets(data.targets["train"], grid_shape(data.coords), data.reference_spacing(),
+                                          self.mask_softness_mm)
+        self.sampler = PointSampler(data.coords, train_targets, self.points, focus_fraction, focus=focus)
         self.focus, self.focus_fraction = focus, float(focus_fraction)
         self.importance_weights = flag(importance_weights, "importance_weights")
         self.attach_handlers(train_handlers)
@@ -235,7 +247,8 @@ class Inr2VecTrainer(StepTrainer):
                 "z_extent": self.data.z_extent, "subjects": {k: len(v) for k, v in self.data.split.items()},
                 **architecture(net.encoder, net.decoder), "steps": self.steps, "epoch_length": self.epoch_length,
                 "subjects_per_batch": self.subjects_per_batch, "points": self.points, "focus": self.focus,
-                "focus_fraction": self.focus_fraction, "importance_weights": self.importance_weights, "permute_prob": self.permute_prob,
+                "focus_fraction": self.focus_fraction, "importance_weights": self.importance_weights,
+                "mask_softness_mm": self.mask_softness_mm, "permute_prob": self.permute_prob,
                 "noise": self.noise, "bf16": self.bf16, "grad_clip": self.grad_clip, "world_size": self.world,
                 "bank_init": self.data.bank.init, **self.config}
 
@@ -245,7 +258,7 @@ class Inr2VecTrainer(StepTrainer):
         net = self.model.module if hasattr(self.model, "module") else self.model
         write_json(self.output_dir / MODEL_JSON, {
             "format": MODEL_FORMAT, **architecture(net.encoder, net.decoder),
-            "loss_weights": dataclasses.asdict(net.loss_weights),
+            "loss_weights": dataclasses.asdict(net.loss_weights), "mask_softness_mm": self.mask_softness_mm,
             "bank": {"dir": self.data.bank_dir, "init": self.data.bank.init, "count": len(self.data.bank)},
             "grid": self.data.grid.to_dict(), "z_extent": self.data.z_extent, "targets": self.data.kind,
             "reference_affine": self.data.reference_affine(),
