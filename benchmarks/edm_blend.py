@@ -10,7 +10,10 @@ training cohort on the canonical grid (no resampling to the source's slices).
   mean paired change in SDs of the decoded training cohort.
 - ``blend t``: (1 - t) z_a + t z_b for ``--pairs`` random pairs; per feature the mean of decoded(blend) minus
   (1 - t) f(a) + t f(b), the same endpoints' features interpolated, in the same SDs.
-- ``samples``: ``--samples`` EDM samples; per feature the difference of means, in the same SDs, and the SD ratio.
+- ``nearest t``: every training latent moved a share t of the way to its nearest neighbour (paired, as ``noise``).
+- ``gaussian``: ``--samples`` draws from a Gaussian with the training latents' mean and covariance (no EDM).
+- ``samples``: ``--samples`` EDM samples.
+``gaussian`` and ``samples``: per feature the difference of means, in the same SDs, and the SD ratio.
 A blend that decodes like a morph of its endpoints scores 0 on every feature.
 """
 
@@ -51,6 +54,7 @@ def main() -> None:
     add_run_arguments(ap)
     ap.add_argument("--eps", default="0.25,0.5", help="comma-separated noise scales (standardised units)")
     ap.add_argument("--blends", default="0.25,0.5", help="comma-separated blend weights t")
+    ap.add_argument("--nearest", default="0.3", help="comma-separated shares of the way to the nearest neighbour")
     ap.add_argument("--pairs", type=int, default=60)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -79,9 +83,18 @@ def main() -> None:
         blended = standardised_features(gen, (1 - t) * z[a] + t * z[b])
         ends = {k: (1 - t) * base[k][a] + t * base[k][b] for k in FEATURES}
         out["rows"][f"blend {t:g}"] = shifts(blended, ends, sd)
-    sampled = decoded_features(gen, *gen.sample_with_spacing(args.samples, seed=args.seed))
-    out["rows"]["samples"] = {k: round(float((np.nanmean(sampled[k]) - np.nanmean(base[k])) / sd[k]), 3) for k in FEATURES}
-    out["samples_sd_ratio"] = {k: round(float(np.nanstd(sampled[k]) / sd[k]), 3) for k in FEATURES}
+    distance = torch.cdist(z[:, :gen.dim], z[:, :gen.dim]).fill_diagonal_(float("inf"))
+    nearest = distance.argmin(dim=1)
+    for t in (float(x) for x in args.nearest.split(",") if x):
+        out["rows"][f"nearest {t:g}"] = shifts(standardised_features(gen, (1 - t) * z + t * z[nearest]), base, sd)
+    g = torch.Generator().manual_seed(args.seed)
+    gaussian = z.mean(0) + torch.randn(args.samples, n, generator=g) @ (z - z.mean(0)) / (n - 1) ** 0.5
+    cohorts = {"gaussian": standardised_features(gen, gaussian),
+               "samples": decoded_features(gen, *gen.sample_with_spacing(args.samples, seed=args.seed))}
+    out["sd_ratio"] = {}
+    for name, features in cohorts.items():
+        out["rows"][name] = {k: round(float((np.nanmean(features[k]) - np.nanmean(base[k])) / sd[k]), 3) for k in FEATURES}
+        out["sd_ratio"][name] = {k: round(float(np.nanstd(features[k]) / sd[k]), 3) for k in FEATURES}
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
