@@ -232,8 +232,10 @@ class Inr2VecTrainer(StepTrainer):
         self.rank, self.world = shard or shard_of_rank()
         self.config = dict(config or {})
         self.mask_softness_mm = float(mask_softness_mm)
-        train_targets = soft_mask_targets(data.targets["train"], grid_shape(data.coords), data.reference_spacing(),
-                                          self.mask_softness_mm)
+        train_targets = data.targets["train"]
+        if self.mask_softness_mm > 0:  # the grid's shape and spacing only matter for soft targets
+            train_targets = soft_mask_targets(train_targets, grid_shape(data.coords), data.reference_spacing(),
+                                              self.mask_softness_mm)
         self.sampler = PointSampler(data.coords, train_targets, self.points, focus_fraction, focus=focus)
         self.focus, self.focus_fraction = focus, float(focus_fraction)
         self.importance_weights = flag(importance_weights, "importance_weights")

@@ -26,7 +26,7 @@ from torch import nn
 
 from lgesynth.inr2vec.chunking import decode_chunked
 from lgesynth.inr2vec.siren_decoder import SirenDecoder
-from lgesynth.inr2vec.tissue import TissueIntensity, check_intensity
+from lgesynth.inr2vec.tissue import tissue_head
 
 
 class FourierFeatures(nn.Module):
@@ -77,8 +77,7 @@ class ImplicitDecoder(nn.Module):
             self.film.weight.mul_(0.1)
             self.film.bias.zero_()
         self.head = nn.Linear(hidden, out_features)
-        self.intensity = check_intensity(intensity)
-        self.tissue = TissueIntensity(latent_dim, in_features) if intensity == "tissue" else None
+        self.intensity, self.tissue = intensity, tissue_head(intensity, latent_dim, in_features)
 
     @property
     def out_features(self) -> int:

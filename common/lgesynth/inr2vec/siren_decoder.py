@@ -26,7 +26,7 @@ from torch import nn
 from lgesynth.inr.fastsin import sincos
 from lgesynth.inr.siren import SirenSpec, init_params
 from lgesynth.inr2vec.chunking import decode_chunked
-from lgesynth.inr2vec.tissue import TissueIntensity, check_intensity
+from lgesynth.inr2vec.tissue import tissue_head
 
 
 class ShiftedSine(torch.autograd.Function):
@@ -88,8 +88,7 @@ class SirenDecoder(nn.Module):
         with torch.no_grad():  # zero modulations at step 0: the decoder renders the base SIREN
             self.mapping[-1].weight.zero_()
             self.mapping[-1].bias.zero_()
-        self.intensity = check_intensity(intensity)
-        self.tissue = TissueIntensity(latent_dim, self.spec.in_features) if intensity == "tissue" else None
+        self.intensity, self.tissue = intensity, tissue_head(intensity, latent_dim, self.spec.in_features)
 
     @property
     def out_features(self) -> int:

@@ -4,7 +4,8 @@ Trained on hard {0, 1} masks, the decoder's mask logits only have to change sign
 pushing them to large magnitudes on both sides, so the logit field of a subject is a step, and the logits of
 a latent between two subjects are an average of two steps. Where the two hearts disagree, the average is
 decided by whichever step happens to be larger: a blend, thicker and duller than either heart
-(docs/experiments.md, "Dull scar: EDM or decoder").
+(docs/experiments.md, "edm_synth: Are the samples' dull scar and narrow spreads the EDM's or the decoder's?
+(phantom)").
 
 With a softness tau (mm) the target of a point at signed distance ``s`` from the edge (mm, negative inside) is
 
@@ -55,6 +56,5 @@ def soft_mask_targets(targets: torch.Tensor, shape, spacing_mm, softness_mm: flo
     for subject in range(targets.shape[0]):
         for channel in (1, 2):
             s = signed_distance_mm(masks[subject, :, channel - 1].reshape(shape), spacing)
-            p = 1.0 / (1.0 + np.exp(np.clip(s / softness_mm, -60.0, 60.0)))
-            out[subject, :, channel] = torch.from_numpy(p.reshape(-1)).to(out)
+            out[subject, :, channel] = torch.sigmoid(torch.from_numpy(-s.reshape(-1) / softness_mm)).to(out)
     return out

@@ -4,7 +4,8 @@ A decoder's raw outputs are an intensity field ``F``, a myocardium logit and a s
 ``intensity="field"`` the image is ``F``: scar brightness is whatever ``F`` holds there, independent of the
 scar logit. Then a latent between two subjects renders an average of their intensity fields, and where one
 subject had scar the blend is half as bright while the thresholded scar mask still marks it scar: the
-samples' scar is dull (docs/experiments.md, "Dull scar: EDM or decoder").
+samples' scar is dull (docs/experiments.md, "edm_synth: Are the samples' dull scar and narrow spreads the EDM's
+or the decoder's? (phantom)").
 
 ``intensity="tissue"`` renders the myocardium from its tissue classes instead:
 
@@ -28,14 +29,16 @@ from torch import nn
 INTENSITY_KINDS = ("field", "tissue")
 
 
-def check_intensity(kind: str) -> str:
-    if kind not in INTENSITY_KINDS:
-        raise ValueError(f"intensity must be one of {INTENSITY_KINDS}, got {kind!r}")
-    return kind
+def tissue_head(intensity: str, latent_dim: int, in_features: int = 3) -> "TissueIntensity | None":
+    """A decoder's rendering for its ``intensity`` kind: a :class:`TissueIntensity` for ``"tissue"``, None
+    for ``"field"`` (the raw intensity channel is the image); anything else is refused."""
+    if intensity not in INTENSITY_KINDS:
+        raise ValueError(f"intensity must be one of {INTENSITY_KINDS}, got {intensity!r}")
+    return TissueIntensity(latent_dim, in_features) if intensity == "tissue" else None
 
 
 class TissueIntensity(nn.Module):
-    """``render(raw (subjects, points, 3), coords (subjects, points, d), latent (subjects, latent_dim))`` -> the
+    """``forward(raw (subjects, points, 3), coords (subjects, points, d), latent (subjects, latent_dim))`` -> the
     same shape with channel 0 replaced by ``I(x)`` of the module doc; channels 1-2 (the logits) pass through.
 
     The map ``T`` starts at zero (both tissues at intensity 0, mid-grey in canonical units) and learns the
