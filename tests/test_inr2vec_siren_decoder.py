@@ -81,7 +81,7 @@ def test_decode_is_deterministic_chunked_and_rebuilt_from_its_record():
     assert torch.equal(again.eval().decode(coords, z), a)
     # records written before decoder kinds existed rebuild the Fourier decoder
     old = {"latent_dim": 8, "hidden": 16, "layers": 3, "num_freqs": 2, "in_features": 3, "out_features": 3}
-    assert isinstance(build_decoder(old), ImplicitDecoder) and build_decoder(old).config() == {"kind": "fourier", **old, "intensity": "field"}
+    assert isinstance(build_decoder(old), ImplicitDecoder) and build_decoder(old).config() == {"kind": "fourier", **old, "intensity": "field", "tissue_sharpness": 1.0}
     with pytest.raises(ValueError, match="needs the bank's SIREN architecture"):
         build_decoder({"kind": "siren", "latent_dim": 8})
 

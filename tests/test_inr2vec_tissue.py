@@ -66,6 +66,7 @@ def test_the_record_rebuilds_a_tissue_decoder_and_an_old_record_the_field_one(ki
     config = {"kind": kind, "latent_dim": 8, "intensity": "tissue"}
     if kind == "siren":
         config["spec"] = TINY.to_dict()
+    config["tissue_sharpness"] = 2.0
     dec = build_decoder(config)
     with torch.no_grad():
         for p in dec.parameters():
@@ -74,14 +75,29 @@ def test_the_record_rebuilds_a_tissue_decoder_and_an_old_record_the_field_one(ki
     rebuilt.load_state_dict(dec.state_dict())
     coords, latent = torch.rand(2, 64, 3) * 2 - 1, torch.randn(2, 8)
     assert torch.equal(dec(coords, latent), rebuilt(coords, latent))
-    assert dec.config()["intensity"] == "tissue"
-    old = {k: v for k, v in config.items() if k != "intensity"}
+    assert dec.config()["intensity"] == "tissue" and rebuilt.tissue.sharpness == 2.0
+    old = {k: v for k, v in config.items() if k not in ("intensity", "tissue_sharpness")}
     assert build_decoder(old).config()["intensity"] == "field" and build_decoder(old).tissue is None
+    assert build_decoder({**old, "intensity": "tissue"}).tissue.sharpness == 1.0  # a record before the key
     # the levels learn from the intensity loss
     dec(coords, latent)[..., 0].square().sum().backward()
     assert dec.tissue.levels.weight.grad.abs().sum() > 0
 
 
-def test_an_unknown_intensity_kind_is_refused():
+def test_a_sharper_mix_renders_a_weakly_marked_scar_nearer_the_scar_level_and_leaves_clear_tissue():
+    """Where the scar logit is small and positive (a latent between a subject with scar there and one without),
+    k = 3 renders the voxel nearer the scar level than k = 1; where the logit is clear either way, both agree."""
+    raw = torch.tensor([[[0.0, 12.0, 0.5], [0.0, 12.0, 1.0], [0.0, 12.0, 9.0], [0.0, 12.0, -9.0]]])
+    coords, latent = torch.zeros(1, 4, 3), torch.zeros(1, 2)
+    soft, sharp = (_levels(TissueIntensity(latent_dim=2, sharpness=k), remote=-0.5, scar=0.5)(raw, coords, latent)[0, :, 0]
+                   for k in (1.0, 3.0))
+    assert bool((sharp[:2] > soft[:2] + 0.1).all())
+    assert torch.allclose(sharp[2:], soft[2:], atol=1e-3)
+    assert torch.allclose(sharp[:2], -0.5 + torch.sigmoid(3.0 * raw[0, :2, 2]), atol=1e-4)
+
+
+def test_an_unknown_intensity_kind_or_a_mix_without_sharpness_is_refused():
     with pytest.raises(ValueError, match="intensity must be one of"):
         build_decoder({"kind": "fourier", "latent_dim": 8, "intensity": "texture"})
+    with pytest.raises(ValueError, match="tissue_sharpness must be > 0"):
+        build_decoder({"kind": "fourier", "latent_dim": 8, "intensity": "tissue", "tissue_sharpness": 0.0})

@@ -59,12 +59,15 @@ class ImplicitDecoder(nn.Module):
         out_features: 3 = intensity, myocardium logit, scar logit.
         intensity: ``"field"`` (the head's channel 0) or ``"tissue"`` (the myocardium rendered from its
             decoded tissue classes, ``inr2vec.tissue``).
+        tissue_sharpness: k of the tissue mix ``sigmoid(k * scar logit)`` (``inr2vec.tissue``; 1: the scar
+            mask's own probability).
     """
 
     kind = "fourier"
 
     def __init__(self, latent_dim: int = 512, hidden: int = 256, layers: int = 5, num_freqs: int = 7,
-                 in_features: int = 3, out_features: int = 3, intensity: str = "field"):
+                 in_features: int = 3, out_features: int = 3, intensity: str = "field",
+                 tissue_sharpness: float = 1.0):
         super().__init__()
         self.latent_dim, self.hidden, self.layers = latent_dim, hidden, layers
         self.features = FourierFeatures(in_features, num_freqs)
@@ -77,7 +80,8 @@ class ImplicitDecoder(nn.Module):
             self.film.weight.mul_(0.1)
             self.film.bias.zero_()
         self.head = nn.Linear(hidden, out_features)
-        self.intensity, self.tissue = intensity, tissue_head(intensity, latent_dim, in_features)
+        self.intensity, self.tissue_sharpness = intensity, float(tissue_sharpness)
+        self.tissue = tissue_head(intensity, latent_dim, in_features, self.tissue_sharpness)
 
     @property
     def out_features(self) -> int:
@@ -87,7 +91,8 @@ class ImplicitDecoder(nn.Module):
         """Constructor arguments, with ``kind`` (what ``build_decoder`` takes back)."""
         return {"kind": self.kind, "latent_dim": self.latent_dim, "hidden": self.hidden, "layers": self.layers,
                 "num_freqs": self.features.num_freqs, "in_features": self.features.in_features,
-                "out_features": self.head.out_features, "intensity": self.intensity}
+                "out_features": self.head.out_features, "intensity": self.intensity,
+                "tissue_sharpness": self.tissue_sharpness}
 
     def modulations(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``latent (subjects, latent_dim)`` -> ``gamma, beta: (layers, subjects, 1, hidden)``."""

@@ -62,6 +62,8 @@ class SirenDecoder(nn.Module):
         mapping_hidden: 0: ``M`` is one linear map; > 0: Linear-ReLU-Linear with this width.
         intensity: ``"field"`` (the last layer's channel 0) or ``"tissue"`` (the myocardium rendered from its
             decoded tissue classes, ``inr2vec.tissue``).
+        tissue_sharpness: k of the tissue mix ``sigmoid(k * scar logit)`` (``inr2vec.tissue``; 1: the scar
+            mask's own probability).
         init: base weights ``[w0 (in, out), b0 (out,), ...]`` (the bank's init); default: SIREN's init of
             seed 0 (what ``load_trained`` builds before the checkpoint overwrites it).
     """
@@ -69,7 +71,8 @@ class SirenDecoder(nn.Module):
     kind = "siren"
 
     def __init__(self, spec: SirenSpec | dict = SirenSpec(), latent_dim: int = 512, modulation: str = "shift",
-                 mapping_hidden: int = 0, init: list[torch.Tensor] | None = None, intensity: str = "field"):
+                 mapping_hidden: int = 0, init: list[torch.Tensor] | None = None, intensity: str = "field",
+                 tissue_sharpness: float = 1.0):
         super().__init__()
         if modulation not in ("shift", "scale_shift"):
             raise ValueError(f"modulation must be 'shift' or 'scale_shift', got {modulation!r}")
@@ -88,7 +91,8 @@ class SirenDecoder(nn.Module):
         with torch.no_grad():  # zero modulations at step 0: the decoder renders the base SIREN
             self.mapping[-1].weight.zero_()
             self.mapping[-1].bias.zero_()
-        self.intensity, self.tissue = intensity, tissue_head(intensity, latent_dim, self.spec.in_features)
+        self.intensity, self.tissue_sharpness = intensity, float(tissue_sharpness)
+        self.tissue = tissue_head(intensity, latent_dim, self.spec.in_features, self.tissue_sharpness)
 
     @property
     def out_features(self) -> int:
@@ -97,7 +101,8 @@ class SirenDecoder(nn.Module):
     def config(self) -> dict:
         """Constructor arguments (without ``init``: the base weights travel in the state dict)."""
         return {"kind": self.kind, "spec": self.spec.to_dict(), "latent_dim": self.latent_dim,
-                "modulation": self.modulation, "mapping_hidden": self.mapping_hidden, "intensity": self.intensity}
+                "modulation": self.modulation, "mapping_hidden": self.mapping_hidden, "intensity": self.intensity,
+                "tissue_sharpness": self.tissue_sharpness}
 
     @torch.no_grad()
     def load_base(self, params: list[torch.Tensor]) -> "SirenDecoder":

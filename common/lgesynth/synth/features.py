@@ -10,15 +10,18 @@
   phantom's own training volumes these tips, a few dozen voxels in 2-3 pieces, made 10 % of them
   fail) and is not checked. Open rings are allowed at the most basal myocardial slice
   (the left ventricular outflow tract), and a closed cap on the apical slices within one wall thickness
-  (the mean over the volume's ring slices) of the most apical one: the apex is a cap of myocardium as
-  thick as the wall, which a stack resampled to thinner slices cuts more than once. Both ends are
-  counted without the tips; which end is apical is read from the anatomy
-  (``seg.regions.apex_at_high_index``).
+  of the most apical one: the apex is a cap of myocardium as thick as the wall, which a stack resampled
+  to thinner slices cuts more than once (here the wall is :func:`ridge_thickness` averaged over the ring
+  slices, the rule this check was calibrated with). Both ends are counted without the tips; which end
+  is apical is read from the anatomy (``seg.regions.apex_at_high_index``).
 - **features** (:func:`volume_features`): ``myocardial_volume_ml``; ``wall_thickness_mm`` = mean over
-  the ridge of the in-plane distance transform (its local maxima) of ``2 EDT - s`` (``s`` = mean
-  in-plane spacing; exact for walls of an odd number of voxels, one voxel short for even ones, the
-  same rule on both cohorts); ``scar_burden`` = scar / myocardium voxels; ``contrast_scar_remote`` and
-  ``contrast_blood_remote`` = mean intensity of scar (of the blood pool: the filled cavity) minus that
+  the ring slices (those whose myocardium encloses a cavity) of ``sqrt(A_epi / pi) - sqrt(A_endo / pi)``,
+  the areas (mm^2) inside the epicardium (myocardium + cavity) and inside the endocardium (the
+  cavity): exact for a circular ring, and read from areas, so two masks of one shape whose boundaries
+  differ only voxel by voxel (a smooth decoded edge beside a resampled label's staircase) measure the
+  same (see ``docs/experiments.md``, "synth: Is the samples' wall thickness a property of the walls or
+  of their edges?"); NaN without a ring slice; ``scar_burden`` = scar / myocardium voxels;
+  ``contrast_scar_remote`` and ``contrast_blood_remote`` = mean intensity of scar (of the blood pool: the filled cavity) minus that
   of the healthy myocardium, in canonical units (each image robustly scaled to [-1, 1]); NaN when the
   region is empty (scar-free volumes have no scar contrast).
 
@@ -106,15 +109,25 @@ def _apical_cap(rings: list[np.ndarray], axis: int, spacing_mm, slices: np.ndarr
         return {apical}
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     s_plane = spacing[[a for a in range(3) if a != axis]]
-    wall_mm = mean_or_nan(np.concatenate([_ridge_thickness(r, s_plane) for r in rings]))
+    wall_mm = mean_or_nan(np.concatenate([ridge_thickness(r, s_plane) for r in rings]))
     return {int(k) for k in slices if abs(int(k) - apical) * spacing[axis] <= wall_mm}
 
 
-def _ridge_thickness(m: np.ndarray, s_plane: np.ndarray) -> np.ndarray:
-    """In-plane wall thickness (mm) along the ridge of one slice's myocardium ``m`` (see module doc)."""
+def ridge_thickness(m: np.ndarray, s_plane: np.ndarray) -> np.ndarray:
+    """``(ridge points,)`` in-plane wall thickness (mm) along the ridge of one slice's myocardium ``m`` (2D bool,
+    in-plane voxel size ``s_plane`` (2,) mm): ``2 EDT - s`` at the distance transform's local maxima
+    (``s`` = mean in-plane spacing). It reads the nearest edge voxel, so a ragged edge (a resampled label's
+    staircase) lowers it where the wall is unchanged; the plausibility check's cap extent only."""
     edt = ndi.distance_transform_edt(np.pad(m, 1), sampling=s_plane)[1:-1, 1:-1]
     ridge = m & (edt >= ndi.maximum_filter(edt, footprint=_EIGHT, mode="constant"))
     return 2 * edt[ridge] - s_plane.mean()
+
+
+def _ring_thickness(epi_voxels: int, endo_voxels: int, pixel_mm2: float) -> float:
+    """Equivalent-circle wall thickness (mm) of one ring slice from the voxel counts inside its epicardium
+    (myocardium + cavity) and its endocardium (the cavity), each voxel ``pixel_mm2`` in-plane:
+    ``sqrt(A_epi / pi) - sqrt(A_endo / pi)``."""
+    return float(np.sqrt(epi_voxels * pixel_mm2 / np.pi) - np.sqrt(endo_voxels * pixel_mm2 / np.pi))
 
 
 def mean_or_nan(values: np.ndarray) -> float:
@@ -131,16 +144,18 @@ def volume_features(image: np.ndarray | None, label: np.ndarray, spacing_mm, axi
     s_plane = spacing[in_plane]
     m = np.moveaxis(myo, axis, 0)
     cavity = np.zeros_like(m)
-    ridge_thickness = []
+    ring_thickness = []
     for k in range(m.shape[0]):
         if not m[k].any():
             continue
-        cavity[k] = ndi.binary_fill_holes(m[k]) & ~m[k]
-        ridge_thickness.append(_ridge_thickness(m[k], s_plane))
+        filled = ndi.binary_fill_holes(m[k])
+        cavity[k] = filled & ~m[k]
+        if cavity[k].any():
+            ring_thickness.append(_ring_thickness(int(filled.sum()), int(cavity[k].sum()), float(np.prod(s_plane))))
     cavity = np.moveaxis(cavity, 0, axis)
     n_myo, n_scar = int(myo.sum()), int(scar.sum())
     out = {"myocardial_volume_ml": n_myo * float(np.prod(spacing)) / 1000.0,
-           "wall_thickness_mm": mean_or_nan(np.concatenate(ridge_thickness)) if ridge_thickness else float("nan"),
+           "wall_thickness_mm": mean_or_nan(np.asarray(ring_thickness)),
            "scar_burden": n_scar / n_myo if n_myo else float("nan"),
            "contrast_scar_remote": float("nan"), "contrast_blood_remote": float("nan")}
     if image is not None:
