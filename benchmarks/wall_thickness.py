@@ -69,7 +69,8 @@ def main() -> None:
     w, spacing = gen.split(data.x[[data.ids.index(sid) for sid in ids]].to(gen.device))
     spacing = np.asarray(spacing)
     grids = [sample_grid(gen.record, s) for s in spacing]
-    cohorts["decoded"] = [both_estimates(label, spacing[i]) for i, _, label in decode_samples(gen.decoder, w.cpu(), grids)]
+    cohorts["decoded"] = [both_estimates(label, spacing[i])
+                          for i, _, label in decode_samples(gen.decoder, w.cpu(), grids)]
     for e in load_datalist(run / "synthetic" / "datalist.json", ("training",)):
         img = nib.load(e["label"])
         cohorts["samples"].append(both_estimates(np.asarray(img.dataobj), spacing_from_affine(img.affine)))
@@ -83,7 +84,8 @@ def main() -> None:
                                                  ("sd_mm", round(float(np.nanstd(v, ddof=1)), 3)),
                                                  ("shift_sd", round(float((np.nanmean(v) - mean) / sd), 3)))},
                           "samples_sd_ratio": round(float(np.nanstd(values["samples"], ddof=1) / sd), 3),
-                          "samples_ks_source": round(float(ks_2samp(finite(values["samples"]), finite(values["source"])).statistic), 3)}
+                          "samples_ks_source": round(float(ks_2samp(finite(values["samples"]),
+                                                                    finite(values["source"])).statistic), 3)}
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -33,7 +33,8 @@ from torch import nn
 INTENSITY_KINDS = ("field", "tissue")
 
 
-def tissue_head(intensity: str, latent_dim: int, in_features: int = 3, sharpness: float = 1.0) -> "TissueIntensity | None":
+def tissue_head(intensity: str, latent_dim: int, in_features: int = 3,
+                sharpness: float = 1.0) -> "TissueIntensity | None":
     """A decoder's rendering for its ``intensity`` kind: a :class:`TissueIntensity` (mix ``sharpness`` k) for
     ``"tissue"``, None for ``"field"`` (the raw intensity channel is the image); anything else is refused."""
     if intensity not in INTENSITY_KINDS:

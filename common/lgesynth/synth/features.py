@@ -21,8 +21,8 @@
   differ only voxel by voxel (a smooth decoded edge beside a resampled label's staircase) measure the
   same (see ``docs/experiments.md``, "synth: Is the samples' wall thickness a property of the walls or
   of their edges?"); NaN without a ring slice; ``scar_burden`` = scar / myocardium voxels;
-  ``contrast_scar_remote`` and ``contrast_blood_remote`` = mean intensity of scar (of the blood pool: the filled cavity) minus that
-  of the healthy myocardium, in canonical units (each image robustly scaled to [-1, 1]); NaN when the
+  ``contrast_scar_remote`` and ``contrast_blood_remote`` = mean intensity of scar (of the blood pool: the
+  filled cavity) minus that of the healthy myocardium, in canonical units (each image robustly scaled to [-1, 1]); NaN when the
   region is empty (scar-free volumes have no scar contrast).
 
 The synthetic-cohort report (``synth.report``) and inr2vec's round-trip evaluation both measure with these.
@@ -142,6 +142,7 @@ def volume_features(image: np.ndarray | None, label: np.ndarray, spacing_mm, axi
     myo, scar = np.isin(label, (1, 2)), label == 2
     in_plane = [a for a in range(3) if a != axis]
     s_plane = spacing[in_plane]
+    pixel_mm2 = float(np.prod(s_plane))
     m = np.moveaxis(myo, axis, 0)
     cavity = np.zeros_like(m)
     ring_thickness = []
@@ -151,7 +152,7 @@ def volume_features(image: np.ndarray | None, label: np.ndarray, spacing_mm, axi
         filled = ndi.binary_fill_holes(m[k])
         cavity[k] = filled & ~m[k]
         if cavity[k].any():
-            ring_thickness.append(_ring_thickness(int(filled.sum()), int(cavity[k].sum()), float(np.prod(s_plane))))
+            ring_thickness.append(_ring_thickness(int(filled.sum()), int(cavity[k].sum()), pixel_mm2))
     cavity = np.moveaxis(cavity, 0, axis)
     n_myo, n_scar = int(myo.sum()), int(scar.sum())
     out = {"myocardial_volume_ml": n_myo * float(np.prod(spacing)) / 1000.0,
