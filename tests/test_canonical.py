@@ -21,13 +21,14 @@ from lgesynth.io import save_nifti, spacing_from_affine
 SPACING = (1.4, 1.4, 8.0)
 
 
-def ring_case(shape=(64, 64, 9), spacing=SPACING, centre=(31.3, 33.1), seed=0):
+def ring_case(shape=(64, 64, 9), spacing=SPACING, centre=(31.3, 33.1), seed=0, aspect=1.0):
     """A short-axis stack: tapering myocardial ring with a scar sector, bright blood and scar.
 
-    The first and last slices hold no myocardium. Returns image (x, y, z), label, affine.
+    The first and last slices hold no myocardium; ``aspect`` stretches the ring along x. Returns
+    image (x, y, z), label, affine.
     """
     nx, ny, nz = shape
-    x = (np.arange(nx) - centre[0]) * spacing[0]
+    x = (np.arange(nx) - centre[0]) * spacing[0] / aspect
     y = (np.arange(ny) - centre[1]) * spacing[1]
     xx, yy = np.meshgrid(x, y, indexing="ij")
     r, theta = np.hypot(xx, yy), np.arctan2(yy, xx)
@@ -96,17 +97,38 @@ def test_canonical_shape_and_intensity_scaling():
     assert set(np.unique(case.label)) == {0, 1, 2}
 
 
-def test_meta_is_json_and_crop_is_square_in_mm():
-    image, label, affine = ring_case()
-    meta = json.loads(json.dumps(to_canonical_arrays(image, label, affine).meta))
+@pytest.mark.parametrize("in_plane", ["fit", "square"])
+def test_meta_is_json_and_crop_box_follows_in_plane(in_plane):
+    """An elliptic ring (1.4 x as long along x): ``fit`` crops each axis to the myocardium + 10 mm either
+    side, so the ring fills the grid along both axes (its aspect is in the voxel size); ``square`` crops a
+    square in mm, so the ring keeps its aspect in the shape."""
+    image, label, affine = ring_case(aspect=1.4)
+    case = to_canonical_arrays(image, label, affine, grid=CanonicalGrid(in_plane=in_plane))
+    meta = json.loads(json.dumps(case.meta))
     extent = np.asarray(meta["extent_mm"])
-    assert extent[0] == pytest.approx(extent[1])
-    # the in-plane box is the myocardium's bounding box plus 10 mm either side (to a voxel)
     idx = np.argwhere(label > 0)
     myo_mm = (idx.max(0) - idx.min(0) + 1)[:2] * np.asarray(SPACING[:2])
-    assert extent[0] == pytest.approx(myo_mm.max() + 20.0, abs=SPACING[0])
+    assert myo_mm[0] > 1.3 * myo_mm[1]
+    want = myo_mm + 20.0 if in_plane == "fit" else np.full(2, myo_mm.max() + 20.0)
+    np.testing.assert_allclose(extent[:2], want, atol=SPACING[0])
+    canonical = np.argwhere(case.label > 0)
+    canonical_extent = canonical.max(0)[:2] - canonical.min(0)[:2] + 1
+    aspect = canonical_extent[0] / canonical_extent[1]
+    assert (aspect < 1.15) if in_plane == "fit" else (aspect > 1.3)  # fit: the fixed 10 mm margins remain
+    voxel = spacing_from_affine(case.affine)
+    assert (voxel[0] > 1.2 * voxel[1]) if in_plane == "fit" else voxel[0] == pytest.approx(voxel[1])
     assert meta["crop_box_original"][2] == [1, 8]  # the slices with myocardium, no more
-    assert from_canonical(np.zeros(meta["canonical_shape"]), meta).shape == label.shape
+    back = from_canonical(case.label, meta)
+    assert back.shape == label.shape and dice(back > 0, label > 0) > 0.9
+
+
+def test_grid_in_plane_default_records_and_errors():
+    assert CanonicalGrid().in_plane == "fit" and CanonicalGrid.from_dict({"shape": [8, 8, 4]}).in_plane == "fit"
+    # a bank recorded before the choice existed was cropped square
+    assert CanonicalGrid.from_record({"shape": [8, 8, 4]}).in_plane == "square"
+    assert CanonicalGrid.from_record(CanonicalGrid(in_plane="fit").to_dict()).in_plane == "fit"
+    with pytest.raises(ValueError, match="in_plane"):
+        CanonicalGrid(in_plane="round")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -152,19 +174,22 @@ def test_canonical_affine_keeps_world_positions(name):
     assert np.linalg.norm(world_centroid(case.label == 2, case.affine) - world_centroid(label == 2, affine)) < 1.5
 
 
-def test_coords_and_super_resolution_keep_physical_extent():
+@pytest.mark.parametrize("in_plane", ["square", "fit"])
+def test_coords_and_super_resolution_keep_physical_extent(in_plane):
     image, label, affine = ring_case()
-    case = to_canonical_arrays(image, label, affine)
+    case = to_canonical_arrays(image, label, affine, grid=CanonicalGrid(in_plane=in_plane))
     a = physical_aspect(case.meta)
     extent = np.asarray(case.meta["extent_mm"])
-    assert a == pytest.approx(extent[2] / extent[0])
+    assert a == pytest.approx(extent[2] / extent[:2].mean())
     coords = canonical_coords(case.label.shape, a)
     assert coords.shape == (96 * 96 * 12, 3) and coords.dtype == torch.float32
     grid = coords.reshape(96, 96, 12, 3)
     assert grid[0, 0, 0].tolist() == pytest.approx([-1 + 1 / 96, -1 + 1 / 96, a * (-1 + 1 / 12)])
     assert grid[-1, -1, -1].tolist() == pytest.approx([1 - 1 / 96, 1 - 1 / 96, a * (1 - 1 / 12)])
-    # isotropic: one coordinate unit is the same number of mm on every axis
-    step_mm = (grid[1, 1, 1] - grid[0, 0, 0]).numpy() * extent[0] / 2
+    # one coordinate unit is half the box along x and y, and half their mean along z (the same on every
+    # axis when the box is square in mm)
+    unit_mm = np.array([extent[0], extent[1], extent[:2].mean()]) / 2
+    step_mm = (grid[1, 1, 1] - grid[0, 0, 0]).numpy() * unit_mm
     np.testing.assert_allclose(step_mm, case.meta["canonical_spacing_mm"], rtol=1e-5)
 
     coords_1mm, shape, affine_1mm = coords_for_spacing(case.meta, 1.0)

@@ -6,8 +6,9 @@ configs can use them by ``_target_`` and ``Compose.inverse`` can undo them:
 
 1. **Orientation, slice axis last** (``canonical_orientation``): not a resample to "oriented
    RAS"; voxel axes are only permuted and flipped, never interpolated across 5–10 mm slices.
-2. **Crop around the myocardium** (``canonical_crop``): a square-in-mm box in plane, exactly the
-   slices holding myocardium through the stack.
+2. **Crop around the myocardium** (``canonical_crop``): in plane a box fitted to the myocardium's
+   extent along each axis (``in_plane: fit``, so the in-plane aspect is a voxel size, not a shape)
+   or square in mm (``square``); exactly the slices holding myocardium through the stack.
 3. **Resize to the grid**: image trilinear (anti-aliased where it shrinks), label one-hot per
    axis and argmax (``canonical_label_resize``). z interpolation from e.g. 7 to 12 slices is
    accepted by design.
@@ -24,7 +25,7 @@ from typing import Mapping, Sequence
 
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
 
-from lgesynth.data.canonical_crop import CropMyocardiumd
+from lgesynth.data.canonical_crop import IN_PLANE, CropMyocardiumd
 from lgesynth.data.canonical_intensity import RobustScaleIntensityd
 from lgesynth.data.canonical_label_resize import ResizeLabeld
 from lgesynth.data.canonical_orientation import SliceLastOrientationd
@@ -41,6 +42,10 @@ class CanonicalGrid:
         percentiles: intensity percentiles of the canonical image mapped to -1 and +1.
         label_mode: label resize per axis, ``"auto"`` (nearest where enlarging, linear where
             shrinking), ``"nearest"`` or ``"linear"`` (one-hot linear + argmax).
+        in_plane: the in-plane crop box, ``"fit"`` (each axis the myocardium's extent + margins: every
+            heart fills the grid, its aspect is in the canonical voxel size) or ``"square"`` (square in mm:
+            the aspect stays in the shape); see ``canonical_crop`` and docs/experiments.md, "inr_fit:
+            Does a crop fitted per axis keep the samples' rings closed?".
     """
 
     shape: tuple[int, int, int] = (96, 96, 12)
@@ -48,6 +53,7 @@ class CanonicalGrid:
     slice_margin: int = 0
     percentiles: tuple[float, float] = (0.5, 99.5)
     label_mode: str = "auto"
+    in_plane: str = "fit"
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -55,11 +61,19 @@ class CanonicalGrid:
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         assert len(self.shape) == 3 and min(self.shape) >= 1, self.shape
         assert self.label_mode in ("auto", "nearest", "linear"), self.label_mode
+        if self.in_plane not in IN_PLANE:
+            raise ValueError(f"grid in_plane must be one of {IN_PLANE}, got {self.in_plane!r}")
         assert 0 <= self.percentiles[0] < self.percentiles[1] <= 100, self.percentiles
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "CanonicalGrid":
+        """From a config's fields (missing ones take the defaults)."""
         return cls(**dict(d or {}))
+
+    @classmethod
+    def from_record(cls, d: Mapping | None) -> "CanonicalGrid":
+        """From the grid a bank or model recorded; records without ``in_plane`` were cropped square."""
+        return cls(**{"in_plane": "square", **dict(d or {})})
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -91,7 +105,8 @@ def canonical_transforms(grid: CanonicalGrid | Mapping | None = None, keys: Sequ
     xforms = [LoadImaged(keys, reader="NibabelReader", image_only=True), EnsureChannelFirstd(keys)] if load else []
     xforms += [
         SliceLastOrientationd(keys, source_key=label_key),
-        CropMyocardiumd(keys, source_key=label_key, margin_mm=grid.margin_mm, slice_margin=grid.slice_margin),
+        CropMyocardiumd(keys, source_key=label_key, margin_mm=grid.margin_mm, slice_margin=grid.slice_margin,
+                        in_plane=grid.in_plane),
         ResizeLabeld(label_key, grid.shape, label_mode=grid.label_mode),
     ]
     if images:

@@ -1,8 +1,15 @@
 """Canonical step 2: crop around the myocardium.
 
-In plane a *square in mm* box (so the in-plane aspect stays isotropic after the resize) centred on
-the myocardium's bounding box, of side max(box extent + 2 × ``margin_mm``); it is zero-padded where
-it leaves the image. Through the stack exactly the slices holding myocardium (± ``slice_margin``,
+In plane a box centred on the myocardium's bounding box, zero-padded where it leaves the image, of one
+of two shapes (``in_plane``):
+
+- ``"fit"``: each in-plane axis spans the myocardium's extent along it + 2 × ``margin_mm``, so every
+  heart fills the grid in x and in y. Its in-plane aspect (an elliptic ventricle, or the distortion of
+  a stack whose slices were resized to a square) moves out of the shape into the canonical voxel
+  size, which differs per axis and which edm_synth generates with the shape.
+- ``"square"``: square in mm, of side max(extent + 2 × ``margin_mm``), so the in-plane aspect stays
+  isotropic after the resize and is part of the shape.
+ Through the stack exactly the slices holding myocardium (± ``slice_margin``,
 clipped to the stack), so the canonical z axis runs apex to base (or base to apex) in every
 subject and no slice with myocardium is lost.
 """
@@ -22,14 +29,15 @@ from lgesynth.errors import DataError
 from lgesynth.io import spacing_from_affine
 
 CROP_START_KEY, CROP_END_KEY = "canonical_crop_start", "canonical_crop_end"
+IN_PLANE = ("fit", "square")
 
 
 def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10.0, 10.0),
-                   slice_margin: int = 0, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   slice_margin: int = 0, name: str | None = None, in_plane: str = "fit") -> tuple[np.ndarray, np.ndarray]:
     """Crop box ``[start, end)`` in voxels of an oriented (x, y, slices) label.
 
-    In plane the box is square in mm and may leave the image (the crop pads); through the stack
-    it is clipped to the image.
+    In plane the box (``in_plane``: ``"fit"`` or ``"square"``, see module doc) may leave the image
+    (the crop pads); through the stack it is clipped to the image.
 
     Args:
         label: (x, y, slices) with values in {0, 1, 2}.
@@ -37,6 +45,7 @@ def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10
         margin_mm: in-plane margin (x, y) around the myocardium's bounding box, mm.
         slice_margin: slices kept beyond the first/last slice with myocardium.
         name: file named in errors.
+        in_plane: ``"fit"`` (each axis its own extent) or ``"square"`` (square in mm).
 
     Returns:
         start, end: (3,) int voxel indices.
@@ -56,10 +65,14 @@ def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10
                         "check that this is the right label file for the image")
     lo, hi = idx.min(0), idx.max(0) + 1
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    side_mm = max((hi[k] - lo[k]) * spacing[k] + 2 * margin_mm[k] for k in (0, 1))
+    if in_plane not in IN_PLANE:
+        raise ValueError(f"in_plane must be one of {IN_PLANE}, got {in_plane!r}")
+    side_mm = [(hi[k] - lo[k]) * spacing[k] + 2 * margin_mm[k] for k in (0, 1)]
+    if in_plane == "square":
+        side_mm = [max(side_mm)] * 2
     start, end = np.zeros(3, int), np.zeros(3, int)
     for k in (0, 1):
-        n = int(np.ceil(side_mm / spacing[k] - 1e-6))
+        n = int(np.ceil(side_mm[k] / spacing[k] - 1e-6))
         start[k] = int(np.floor((lo[k] + hi[k]) / 2 - n / 2 + 0.5))
         end[k] = start[k] + n
     start[2] = max(int(lo[2]) - slice_margin, 0)
@@ -68,13 +81,14 @@ def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10
 
 
 class _MyocardiumCropper(CropForeground):
-    def __init__(self, margin_mm, slice_margin: int):
+    def __init__(self, margin_mm, slice_margin: int, in_plane: str):
         super().__init__(select_fn=lambda x: x > 0, allow_smaller=False)
-        self.margin_mm, self.slice_margin = tuple(margin_mm), int(slice_margin)
+        self.margin_mm, self.slice_margin, self.in_plane = tuple(margin_mm), int(slice_margin), in_plane
 
     def compute_bounding_box(self, img: torch.Tensor):
         spacing = spacing_from_affine(np.asarray(img.affine)) if isinstance(img, MetaTensor) else np.ones(3)
-        return myocardium_box(np.asarray(img[0]), spacing, self.margin_mm, self.slice_margin, filename_of(img))
+        return myocardium_box(np.asarray(img[0]), spacing, self.margin_mm, self.slice_margin, filename_of(img),
+                              self.in_plane)
 
 
 class CropMyocardiumd(CropForegroundd):
@@ -84,7 +98,7 @@ class CropMyocardiumd(CropForegroundd):
     """
 
     def __init__(self, keys, source_key: str = "label", margin_mm=(10.0, 10.0), slice_margin: int = 0,
-                 allow_missing_keys: bool = False):
+                 in_plane: str = "fit", allow_missing_keys: bool = False):
         super().__init__(keys, source_key=source_key, start_coord_key=CROP_START_KEY,
                          end_coord_key=CROP_END_KEY, mode="constant", allow_missing_keys=allow_missing_keys)
-        self.cropper = _MyocardiumCropper(margin_mm, slice_margin)
+        self.cropper = _MyocardiumCropper(margin_mm, slice_margin, in_plane)

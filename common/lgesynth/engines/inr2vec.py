@@ -80,7 +80,7 @@ def split_bank(bank: InrBank, val_fraction: float = 0.2, seed: int = 0) -> dict[
 
 def canonical_targets(bank: InrBank, rows: list[int], grid: CanonicalGrid | None = None) -> torch.Tensor:
     """``(len(rows), X*Y*Z, 3)`` (intensity, myocardium, scar) of bank subjects from their source files."""
-    grid = grid or CanonicalGrid.from_dict(bank.fit.get("grid"))
+    grid = grid or CanonicalGrid.from_record(bank.fit.get("grid"))
     out = []
     for i in rows:
         src = bank.subjects[i]["source"]
@@ -106,7 +106,7 @@ class Inr2VecData:
             raise ValueError(f"targets must be 'volume' or 'inr', got {targets!r}")
         self.bank_dir, self.kind, self.device = str(bank_dir), targets, torch.device(device)
         self.bank = load_bank(bank_dir)
-        self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
+        self.grid = CanonicalGrid.from_record(self.bank.fit.get("grid"))
         self.z_extent = bank_z_extent(self.bank)
         self.split = split_bank(self.bank, val_fraction, seed)
         if not self.split["train"]:

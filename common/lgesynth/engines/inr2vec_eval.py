@@ -115,7 +115,7 @@ def subject_records(bank: InrBank, datalist: str | None = None, grid: CanonicalG
     and from the bank's canonical meta (else the label's): ``canonical_spacing_mm`` (3,) the canonical
     voxel size (column norms of ``canonical_affine``; the subject's physical size) and ``source_spacing_mm``
     (3,) the original voxel size in canonical axis order (slice spacing last)."""
-    grid = grid or CanonicalGrid.from_dict(bank.fit.get("grid"))
+    grid = grid or CanonicalGrid.from_record(bank.fit.get("grid"))
     patterns = _patterns(datalist)
     out = []
     for s in bank.subjects:
@@ -152,7 +152,7 @@ def refine_rows(model: Inr2VecModel, bank: InrBank, z: torch.Tensor, rows, refin
         return z
     device = next(model.parameters()).device
     params = [p[rows].to(device) for p in bank.stacked()]
-    grid = CanonicalGrid.from_dict(bank.fit.get("grid"))
+    grid = CanonicalGrid.from_record(bank.fit.get("grid"))
     coords = canonical_coords(grid.shape, float(bank.fit.get("z_extent", 1.0))).to(device)
     z = z.to(device).clone()
     z[rows] = refine_latents(model, params, z[rows], coords, progress=progress, **refine)
@@ -283,7 +283,7 @@ class Inr2VecEvaluator(BundleEngine):
         split = getattr(model, "record", {}).get("split", {})
         self.roles = {sid: role for role, ids in split.items() for sid in ids}  # id -> train | val | test
         check_bank(model, self.bank, bank_dir)
-        self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
+        self.grid = CanonicalGrid.from_record(self.bank.fit.get("grid"))
         # latents: those of an encode run (--latents), else encoded here; the held-out ones refined
         z = latents_for_bank(model, self.bank, latents) if latents else bank_latents(model, self.bank)
         held_out = [i for i, s in enumerate(self.bank.subjects) if self._role(s) != "train"]

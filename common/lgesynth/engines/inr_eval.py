@@ -91,7 +91,7 @@ class InrBankEvaluator(BundleEngine):
         self.output_dir = Path(output_dir) if output_dir else self.bank_dir
         self.targets, self.device = dict(targets or {}), torch.device(device)
         self.bank = load_bank(self.bank_dir)
-        self.grid = CanonicalGrid.from_dict(self.bank.fit.get("grid"))
+        self.grid = CanonicalGrid.from_record(self.bank.fit.get("grid"))
         self.rows: list[dict] = []
         self._bar = None
         if progress:

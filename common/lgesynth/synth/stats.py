@@ -156,7 +156,7 @@ def reference_from_datalist(datalist: str | Path, grid: dict, sections=("trainin
     from lgesynth.data.canonical_case import to_canonical
     from lgesynth.data.datalist import load_datalist
 
-    g = CanonicalGrid.from_dict(grid)
+    g = CanonicalGrid.from_record(grid)
     stats = CohortStats(g.shape, latents=latents, keep_slices=None)
     for e in load_datalist(datalist, sections):
         case = to_canonical(e.get("image"), e["label"], g)
@@ -183,7 +183,7 @@ def source_stats(bank_dir: str | Path, ids: list[str], grid: dict) -> CohortStat
     missing = [sid for sid in ids if not by_id.get(sid, {}).get("source", {}).get("label")]
     if missing:
         raise DataError(where, f"no source files recorded for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    g = CanonicalGrid.from_dict(grid)
+    g = CanonicalGrid.from_record(grid)
     stats = CohortStats(g.shape, keep_slices=None)
     for sid in ids:
         src = by_id[sid]["source"]
