@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
 
-from lgesynth.data.canonical_crop import IN_PLANE, CropMyocardiumd
+from lgesynth.data.canonical_crop import CropMyocardiumd, check_in_plane
 from lgesynth.data.canonical_intensity import RobustScaleIntensityd
 from lgesynth.data.canonical_label_resize import ResizeLabeld
 from lgesynth.data.canonical_orientation import SliceLastOrientationd
@@ -61,8 +61,7 @@ class CanonicalGrid:
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         assert len(self.shape) == 3 and min(self.shape) >= 1, self.shape
         assert self.label_mode in ("auto", "nearest", "linear"), self.label_mode
-        if self.in_plane not in IN_PLANE:
-            raise ValueError(f"grid in_plane must be one of {IN_PLANE}, got {self.in_plane!r}")
+        check_in_plane(self.in_plane)
         assert 0 <= self.percentiles[0] < self.percentiles[1] <= 100, self.percentiles
 
     @classmethod

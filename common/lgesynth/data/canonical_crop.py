@@ -9,7 +9,8 @@ of two shapes (``in_plane``):
   size, which differs per axis and which edm_synth generates with the shape.
 - ``"square"``: square in mm, of side max(extent + 2 × ``margin_mm``), so the in-plane aspect stays
   isotropic after the resize and is part of the shape.
- Through the stack exactly the slices holding myocardium (± ``slice_margin``,
+
+Through the stack exactly the slices holding myocardium (± ``slice_margin``,
 clipped to the stack), so the canonical z axis runs apex to base (or base to apex) in every
 subject and no slice with myocardium is lost.
 """
@@ -30,6 +31,13 @@ from lgesynth.io import spacing_from_affine
 
 CROP_START_KEY, CROP_END_KEY = "canonical_crop_start", "canonical_crop_end"
 IN_PLANE = ("fit", "square")
+
+
+def check_in_plane(in_plane: str) -> str:
+    """``in_plane`` if it names a crop shape of ``IN_PLANE``, else ValueError."""
+    if in_plane not in IN_PLANE:
+        raise ValueError(f"grid in_plane must be one of {IN_PLANE}, got {in_plane!r}")
+    return in_plane
 
 
 def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10.0, 10.0),
@@ -65,10 +73,8 @@ def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10
                         "check that this is the right label file for the image")
     lo, hi = idx.min(0), idx.max(0) + 1
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    if in_plane not in IN_PLANE:
-        raise ValueError(f"in_plane must be one of {IN_PLANE}, got {in_plane!r}")
     side_mm = [(hi[k] - lo[k]) * spacing[k] + 2 * margin_mm[k] for k in (0, 1)]
-    if in_plane == "square":
+    if check_in_plane(in_plane) == "square":
         side_mm = [max(side_mm)] * 2
     start, end = np.zeros(3, int), np.zeros(3, int)
     for k in (0, 1):
@@ -83,7 +89,8 @@ def myocardium_box(label: np.ndarray, spacing_mm: Sequence[float], margin_mm=(10
 class _MyocardiumCropper(CropForeground):
     def __init__(self, margin_mm, slice_margin: int, in_plane: str):
         super().__init__(select_fn=lambda x: x > 0, allow_smaller=False)
-        self.margin_mm, self.slice_margin, self.in_plane = tuple(margin_mm), int(slice_margin), in_plane
+        self.margin_mm, self.slice_margin = tuple(margin_mm), int(slice_margin)
+        self.in_plane = check_in_plane(in_plane)
 
     def compute_bounding_box(self, img: torch.Tensor):
         spacing = spacing_from_affine(np.asarray(img.affine)) if isinstance(img, MetaTensor) else np.ones(3)
