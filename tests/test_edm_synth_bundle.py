@@ -59,7 +59,7 @@ def test_training_resumes_and_exports_a_self_contained_generator(trained):
     ckpt = torch.load(out / "checkpoint_epoch=4.pt", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 40 and {"denoiser", "ema", "optimizer", "lr_scheduler"} <= set(ckpt)
     record = json.loads((models / "generator.json").read_text())
-    assert record["grid"]["shape"] == list(GRID) and record["condition"] == "none" and record["sigma_data"] > 0
+    assert record["grid"]["shape"] == list(GRID) and record["condition"] == "burden" and record["sigma_data"] > 0
     assert np.asarray(record["reference_affine"]).shape == (4, 4)
     assert record["scale_dims"] == 3 and record["denoiser"]["dim"] == 512 + 3  # latents.json records the spacings
     assert record["modelled_dims"] == "per dimension" and record["memorisation_stop"]["max_copy_fraction"] == 0.05
@@ -105,7 +105,7 @@ def test_training_is_tracked_in_mlflow(trained):
     assert len(runs) == 1
     run = runs[0]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20
-    assert run.data.tags["bundle"] == "edm_synth" and run.data.params["condition"] == "none"
+    assert run.data.tags["bundle"] == "edm_synth" and run.data.params["condition"] == "burden"
     assert float(run.data.params["sigma_data"]) > 0 and "val_loss" in run.data.metrics
 
 
@@ -183,11 +183,32 @@ def test_same_seed_same_samples(trained, tmp_path):
     assert (tmp_path / "c/imagesTr/syn_0001.nii.gz").read_bytes() != (tmp_path / "a/imagesTr/syn_0001.nii.gz").read_bytes()
 
 
-def test_unconditional_generator_refuses_a_condition(trained):
+def test_default_generator_draws_each_samples_burden_from_the_training_subjects(trained):
     from lgesynth.synth import Generator
 
     gen = Generator(trained["models"])
-    assert gen.conditions(3)[0] is None
+    latents = json.loads((trained["inr2vec"] / "latents.json").read_text())
+    burdens = sorted(s["scar_burden"] for s in latents["subjects"] if s["section"] == "training")
+    assert len(set(burdens)) > 1  # the conftest cohort has scarred and scar-free cases
+    cond, asked = gen.conditions(60, seed=0)
+    assert cond.shape == (60, 1) and [a["requested_scar_burden"] for a in asked] == pytest.approx(cond[:, 0].tolist())
+    drawn = sorted(set(np.round(cond[:, 0].numpy(), 6)))
+    assert set(drawn) <= set(np.round(np.float32(burdens), 6)) and len(drawn) > 1  # resampled, not one value
+    ranged, _ = gen.conditions(40, scar_burden=[0.1, 0.3], seed=0)
+    assert float(ranged.min()) >= 0.1 and float(ranged.max()) <= 0.3
+    with pytest.raises(DataError, match="generator.json: trained with condition: burden; it cannot take a pattern"):
+        gen.conditions(2, pattern="ischemic")
+
+
+def test_unconditional_generator_refuses_a_condition(upstream, tmp_path):
+    from lgesynth.synth import Generator
+
+    models = tmp_path / "models"
+    with torch_threads(1):
+        _run(CONFIGS, "train.yaml", inr2vec_dir=str(upstream["inr2vec"]), output_dir=str(tmp_path), models_dir=str(models),
+             condition="none", **{**TINY_EDM, "steps": 10})
+    gen = Generator(models)
+    assert gen.record["condition"] == "none" and gen.cond_dim == 0 and gen.conditions(3)[0] is None
     with pytest.raises(DataError, match="generator.json: this generator is unconditional"):
         gen.conditions(2, scar_burden=[0.1, 0.3])
 
