@@ -122,3 +122,42 @@ def test_dataset_name_follows_the_documented_rules(tmp_path):
     bank = fit_tiny_bank(write_tiny_datalist(tmp_path / "cohort_b", n_cases=2), tmp_path / "bank", (24, 24, 6))
     assert dataset_name(bank) == "cohort_b"  # a bank: back to its subjects' datalist
     assert dataset_name(tmp_path / "nowhere") is None and dataset_name(None) is None
+
+
+ENGINE_SCRIPT = """
+import sys
+from ignite.engine import Engine
+from monai.handlers import MLFlowHandler
+from lgesynth.engines.tracking import RunInfoHandler
+
+uri, fail_at = sys.argv[1], int(sys.argv[2])
+
+def step(engine, batch):
+    if engine.state.iteration == fail_at:
+        raise RuntimeError("stopped on purpose")
+    return [1.0]  # MLFlowHandler logs output[0] as the loss
+
+engine = Engine(step)
+tracking = MLFlowHandler(tracking_uri=uri, experiment_name="exit", run_name=f"fail_at_{fail_at}", close_on_complete=True)
+tracking.attach(engine)
+RunInfoHandler(tags={"bundle": "test"}, handlers=[tracking]).attach(engine)
+engine.run(range(5), max_epochs=1)
+"""
+
+
+def test_a_run_whose_engine_raised_is_ended_as_failed_not_left_running(tmp_path):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    script = tmp_path / "engine.py"
+    script.write_text(ENGINE_SCRIPT)
+    for fail_at in (3, 0):  # 0: never fails, the engine completes
+        done = subprocess.run([sys.executable, str(script), uri, str(fail_at)], capture_output=True, text=True, timeout=120)
+        assert (done.returncode != 0) == (fail_at > 0), done.stderr[-2000:]
+        assert fail_at == 0 or "stopped on purpose" in done.stderr  # the engine's own error still reaches the user
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    runs = {r.info.run_name: r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    assert runs == {"fail_at_3": "FAILED", "fail_at_0": "FINISHED"}

@@ -7,7 +7,10 @@ handler logs metrics, the engine's ``max_epochs``/``epoch_length`` and the execu
 the MLFlowHandler(s) among the engine's ``handlers`` (the list a ``BundleEngine`` attaches and keeps,
 ``engines.base``), or in the list it is given (``handlers=``, for MONAI's own engines, e.g. scar_seg's),
 and, once their run exists (first iteration), logs our params (flattened config) and tags through the
-handler's own client (public ``client`` / ``cur_run``), so the run stays the one MONAI made.
+handler's own client (public ``client`` / ``cur_run``), so the run stays the one MONAI made. A run whose
+engine never completed (it raised, or the process was interrupted) is ended as FAILED when the process
+exits, through the handler's public ``run_finish_status`` and ``close()``, so MLflow does not list it as
+RUNNING for ever (a SIGKILL leaves it RUNNING: nothing runs after one).
 
 Tagging scheme: every MLflow run of the pipeline and of every bundle (by hand with ``--tracking
 mlflow`` too) carries these six tags, never empty (``STANDARD_TAGS``):
@@ -30,6 +33,7 @@ config knows: bundle, stage, seed, dataset). Any other tag (the experiment's ``c
 
 from __future__ import annotations
 
+import atexit
 import json
 import subprocess
 from pathlib import Path
@@ -159,13 +163,29 @@ class RunInfoHandler:
         self.artifacts = list(artifacts or [])
         self.tags = run_tags_of(tags, run_tags)
         self.handlers = list(handlers or [])
-        self._done = False
+        self._done = self._completed = False
+        self._tracked: list = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_STARTED, self)
         engine.add_event_handler(Events.COMPLETED, self.log_artifacts)
 
+    def end_unfinished_runs(self) -> None:
+        """At exit: end the runs of an engine that never completed as FAILED (module doc)."""
+        if self._completed:
+            return
+        for h in self._tracked:
+            if h.cur_run is None:
+                continue
+            try:
+                if h.client.get_run(h.cur_run.info.run_id).info.status == "RUNNING":
+                    h.run_finish_status = "FAILED"
+                    h.close()
+            except Exception:  # the store may be gone by now (a temporary folder); nothing left to mark
+                pass
+
     def log_artifacts(self, engine: Engine) -> None:
+        self._completed = True
         for h in self._runs(engine):
             for path in self.artifacts:
                 if Path(path).exists():
@@ -188,6 +208,9 @@ class RunInfoHandler:
         if hasattr(engine, "run_params"):
             params.update(flatten(engine.run_params()))
         configs = sorted(Path(self.config_dir).glob("config_*.json"), key=lambda p: p.stat().st_mtime) if self.config_dir else []
+        if handlers and not self._tracked:
+            atexit.register(self.end_unfinished_runs)
+        self._tracked += [h for h in handlers if all(h is not t for t in self._tracked)]
         for h in handlers:
             run_id = h.cur_run.info.run_id
             if configs:
