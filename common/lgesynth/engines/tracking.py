@@ -163,7 +163,7 @@ class RunInfoHandler:
         self.artifacts = list(artifacts or [])
         self.tags = run_tags_of(tags, run_tags)
         self.handlers = list(handlers or [])
-        self._done = self._completed = False
+        self._done = False
         self._tracked: list = []
 
     def attach(self, engine: Engine) -> None:
@@ -171,9 +171,8 @@ class RunInfoHandler:
         engine.add_event_handler(Events.COMPLETED, self.log_artifacts)
 
     def end_unfinished_runs(self) -> None:
-        """At exit: end the runs of an engine that never completed as FAILED (module doc)."""
-        if self._completed:
-            return
+        """At exit: end the runs of an engine that never completed as FAILED (module doc); a completed
+        engine unregisters it."""
         for h in self._tracked:
             if h.cur_run is None:
                 continue
@@ -185,7 +184,7 @@ class RunInfoHandler:
                 pass
 
     def log_artifacts(self, engine: Engine) -> None:
-        self._completed = True
+        atexit.unregister(self.end_unfinished_runs)
         for h in self._runs(engine):
             for path in self.artifacts:
                 if Path(path).exists():
