@@ -256,7 +256,8 @@ def tiny_edm_generator(tiny_inr2vec):
 
 
 def tiny_seg_plan(path: Path, epochs: int = 2, iterations_per_epoch: int = 6) -> Path:
-    """A scar_seg plan for the 32 x 32 x 6 conftest stacks: 2D, shrunk to width 8 and batch 4."""
+    """A scar_seg plan for the 32 x 32 x 6 conftest stacks: 2D, shrunk to width 8 and batch 4, exactly ``epochs``
+    (no time budget to re-plan them: lgesynth.seg.time_budget)."""
     from lgesynth.seg import make_plan, write_plan
 
     plan = make_plan(((1.5, 1.5, 8.0), (32, 32, 6)), preset="smoke")
@@ -264,6 +265,7 @@ def tiny_seg_plan(path: Path, epochs: int = 2, iterations_per_epoch: int = 6) ->
     plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
     plan["batch_size"] = 4
     plan["training"].update(epochs=epochs, iterations_per_epoch=iterations_per_epoch)
+    plan["budget"]["budget_minutes"] = None
     return write_plan(path, plan)
 
 

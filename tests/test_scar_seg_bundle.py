@@ -80,6 +80,19 @@ def test_training_lowers_the_loss_and_resumes(trained):
     assert {"model_final.pt", "model_best.pt"} <= {p.name for p in (out / "models").iterdir()}
 
 
+def test_a_time_budget_ends_training_early_and_the_checkpoint_keeps_it(trained, tmp_path):
+    """A budget that one epoch already spends: the run stops after epoch 1 of its plan's 2, says so in the log,
+    exports the model, and its checkpoint carries the seconds spent for a resumed run."""
+    out = tmp_path / "budget"
+    _run("train.yaml", datalist=str(trained["datalist"]), output_dir=str(out), plan_path=str(trained["plan"]),
+         num_workers=0, log_every=100, **{"train#time_budget#minutes": 1e-4})
+    log = _log(out)
+    assert [(e["epoch"], e["last_epoch"]) for e in log] == [(1, 1)]
+    assert (out / "models" / "model.pt").exists()
+    ckpt = torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert ckpt["trainer"]["max_epochs"] == 1 and ckpt["time_budget"]["spent_seconds"] > 0
+
+
 def test_training_is_tracked_in_mlflow(trained):
     import mlflow
 

@@ -50,6 +50,7 @@ def _tiny(plan: dict, epochs: int, iterations: int) -> dict:
     plan["network"]["filters"] = [8 * 2 ** i for i in range(len(plan["network"]["filters"]))]
     plan["batch_size"] = 4
     plan["training"].update(epochs=epochs, iterations_per_epoch=iterations)
+    plan["budget"]["budget_minutes"] = None  # exactly these epochs (lgesynth.seg.time_budget)
     return plan
 
 

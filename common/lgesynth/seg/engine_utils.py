@@ -320,7 +320,8 @@ class TrainLog:
 
     Each entry: ``epoch``, ``iteration`` (global, continues after a resume), ``loss`` (mean over the
     epoch), ``lr``, ``seconds`` (the epoch's training iterations), ``seconds_per_iteration`` and the
-    validator's metrics when it ran this epoch. Attach after the ValidationHandler so they are ready.
+    validator's metrics when it ran this epoch, and ``last_epoch`` (the run's last epoch as planned now: a time
+    budget, :mod:`lgesynth.seg.time_budget`, re-plans it). Attach after the ValidationHandler so they are ready.
     """
 
     def __init__(self, path: str | Path, validator=None, optimizer=None):
@@ -352,7 +353,8 @@ class TrainLog:
                  "loss": float(np.mean(self._losses)) if self._losses else None,
                  "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None,
                  "seconds": round(seconds, 3),
-                 "seconds_per_iteration": round(seconds / len(self._losses), 4) if self._losses else None}
+                 "seconds_per_iteration": round(seconds / len(self._losses), 4) if self._losses else None,
+                 "last_epoch": engine.state.max_epochs}
         state = getattr(self.validator, "state", None)
         if state is not None and state.metrics and state.epoch == engine.state.epoch:  # validated this epoch
             entry.update({k: float(v) for k, v in state.metrics.items() if isinstance(v, (int, float))})

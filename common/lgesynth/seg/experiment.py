@@ -245,7 +245,8 @@ def run_experiment(real: str | Path, synthetic: str | Path, out: str | Path, see
                       budget={"preset": budget["preset"], "budget_minutes_per_arm": budget["budget_minutes"],
                               "epochs": epochs, "iterations_per_arm": iterations,
                               "predicted_minutes_per_arm": round(budget["seconds_per_iteration"] * iterations / 60.0, 3),
-                              "train_minutes": {a.run_name: round(a.train_seconds() / 60.0, 3) for a in arms}},
+                              "train_minutes": {a.run_name: round(a.train_seconds() / 60.0, 3) for a in arms},
+                              "trained_epochs": {a.run_name: a.trained_epochs() for a in arms}},
                       this_invocation=ran)
     table = write_comparison(out, comparison)
     print(table)

@@ -59,13 +59,20 @@ class Arm:
         return same_rule and self.postprocess_json.stat().st_mtime >= self.final_checkpoint.stat().st_mtime
 
     def trained(self, epochs: int) -> bool:
-        """The final checkpoint exists and the log reached ``epochs`` (MONAI also saves a "final"
-        checkpoint when training raises, so the file alone does not mean finished)."""
+        """The final checkpoint exists and the log reached ``epochs``, or the last epoch its time budget re-planned
+        (``last_epoch``, :mod:`lgesynth.seg.time_budget`); MONAI also saves a "final" checkpoint when training
+        raises, so the file alone does not mean finished."""
         log = self.folder / "train_log.json"
         if not (self.final_checkpoint.exists() and log.exists()):
             return False
         entries = json.loads(log.read_text())
-        return bool(entries) and entries[-1]["epoch"] >= epochs
+        return bool(entries) and entries[-1]["epoch"] >= min(epochs, entries[-1].get("last_epoch") or epochs)
+
+    def trained_epochs(self) -> int:
+        """Epochs in ``train_log.json`` (0 without one)."""
+        log = self.folder / "train_log.json"
+        entries = json.loads(log.read_text()) if log.exists() else []
+        return int(entries[-1]["epoch"]) if entries else 0
 
     def evaluated(self, csv_path: Path | None = None) -> bool:
         """``metrics.csv`` (default ``eval/``) and its summary exist and are newer than the final checkpoint
