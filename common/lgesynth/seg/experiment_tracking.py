@@ -18,6 +18,7 @@ the bundles' runs (:func:`explicit_tracking_uri`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from pathlib import Path
@@ -27,10 +28,22 @@ from lgesynth.seg.experiment_arms import Arm
 logger = logging.getLogger("lgesynth.experiment")
 
 
+def mlflow_settings() -> dict:
+    """MONAI's default MLflow settings (``--tracking mlflow``) with the training loss logged every ``log_every``
+    iterations of train.yaml, as its StatsHandler does, instead of every iteration: one SQLite write per
+    iteration cost the EMIDEC ROI plan 14 % of its training speed (0.073 against 0.085 s per iteration, 300
+    iterations each way into the pipeline's store, 2-core Zen 4)."""
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings["configs"]["trainer"]["iteration_log"] = "$lgesynth.seg.engine_utils.every(@log_every)"
+    return settings
+
+
 def bundle_tracking(out: Path, tracking_uri: str | None, experiment_name: str) -> dict:
-    """The bundles' MLflow overrides ``{"tracking", "tracking_uri", "experiment_name"}``; the store
-    defaults to ``sqlite:///<out>/mlruns.db``."""
-    return dict(tracking="mlflow", tracking_uri=tracking_uri or f"sqlite:///{out / 'mlruns.db'}",
+    """The bundles' MLflow overrides ``{"tracking", "tracking_uri", "experiment_name"}`` (``tracking``:
+    :func:`mlflow_settings`); the store defaults to ``sqlite:///<out>/mlruns.db``."""
+    return dict(tracking=mlflow_settings(), tracking_uri=tracking_uri or f"sqlite:///{out / 'mlruns.db'}",
                 experiment_name=experiment_name)
 
 
