@@ -81,16 +81,20 @@ def test_training_lowers_the_loss_and_resumes(trained):
 
 
 def test_a_time_budget_ends_training_early_and_the_checkpoint_keeps_it(trained, tmp_path):
-    """A budget that one epoch already spends: the run stops after epoch 1 of its plan's 2, says so in the log,
-    exports the model, and its checkpoint carries the seconds spent for a resumed run."""
-    out = tmp_path / "budget"
-    _run("train.yaml", datalist=str(trained["datalist"]), output_dir=str(out), plan_path=str(trained["plan"]),
-         num_workers=0, log_every=100, **{"train#time_budget#minutes": 1e-4})
-    log = _log(out)
-    assert [(e["epoch"], e["last_epoch"]) for e in log] == [(1, 1)]
-    assert (out / "models" / "model.pt").exists()
-    ckpt = torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    """A plan whose budget one epoch already spends: the run stops after epoch 1 of the plan's 2, says so in the log,
+    exports the model, and its checkpoint carries the seconds spent for a resumed run; ``replan_epochs false``
+    trains the plan's epochs."""
+    plan = json.loads(trained["plan"].read_text())
+    plan["budget"]["budget_minutes"] = 1e-4
+    plan_path = write_plan(tmp_path / "plan.json", plan)
+    common = dict(datalist=str(trained["datalist"]), plan_path=str(plan_path), num_workers=0, log_every=100)
+    _run("train.yaml", output_dir=str(tmp_path / "budget"), **common)
+    assert [(e["epoch"], e["last_epoch"]) for e in _log(tmp_path / "budget")] == [(1, 1)]
+    assert (tmp_path / "budget" / "models" / "model.pt").exists()
+    ckpt = torch.load(tmp_path / "budget" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     assert ckpt["trainer"]["max_epochs"] == 1 and ckpt["time_budget"]["spent_seconds"] > 0
+    _run("train.yaml", output_dir=str(tmp_path / "fixed"), replan_epochs=False, **common)
+    assert [(e["epoch"], e["last_epoch"]) for e in _log(tmp_path / "fixed")] == [(1, 2), (2, 2)]
 
 
 def test_training_is_tracked_in_mlflow(trained):

@@ -5,9 +5,10 @@ of the preset's own ``budget_minutes`` after the stages before scar_seg, shared 
                    - RESERVE_MINUTES - ARM_RESERVE_MINUTES * arms) / arms
 
 rounded down to 0.1 min and clipped to ``ARM_MINUTES_RANGE``. ``arms`` is 2 per seed (baseline and augmented).
-The reserves pay for what the arms' own budgets do not hold: per arm its validation and test evaluations
-(mirrored) and its overrun of the planned minutes (on EMIDEC's ROI a 9.3-minute arm took 10.35 min: the
-calibration's one timed step misses the data loading); once, the comparison and the report. A cohort whose
+The reserves pay for what the arms' own budgets do not hold: per arm its start (caching), its test
+evaluations and what the time budget cannot cut (:mod:`lgesynth.seg.time_budget` ends training inside the
+minutes, validation included: on the phantom an 8-minute arm took 8.3-8.9 min with its evaluations); once, the
+comparison and the report. A cohort whose
 earlier stages are quick (EMIDEC's 40 cases) so trains its segmenters longer than one whose INR bank and latents
 took most of the hour (the 120-subject phantom), and a slower CPU, whose earlier stages took longer, gets shorter
 arms instead of a pipeline over its hour. The planner then buys what it can with those minutes on the machine it

@@ -7,7 +7,9 @@ and on the load. Hence :func:`calibrate_plan`: ``lgesynth experiment`` (and the 
 planned network on the machine it runs on and re-plans (``calibrate``, on by default), so a budget
 holds where it is spent. A real iteration of train.yaml costs ``ITERATION_OVERHEAD`` = 1.5x the bare
 step timed (augmentation, Dice + CE on every head, handlers), so calibration times
-:func:`measure_iteration_seconds`.
+:func:`measure_iteration_seconds`. The timing chooses the network and patch; how many epochs fit is measured
+during training (:mod:`lgesynth.seg.time_budget`), since a timed step can still miss the real iteration by
+half (the EMIDEC ROI plan: 0.062 s timed, 0.08-0.12 s trained).
 """
 
 from __future__ import annotations
