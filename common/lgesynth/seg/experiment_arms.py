@@ -62,16 +62,17 @@ class Arm:
         """The final checkpoint exists and the log reached ``epochs``, or the last epoch its time budget re-planned
         (``last_epoch``, :mod:`lgesynth.seg.time_budget`); MONAI also saves a "final" checkpoint when training
         raises, so the file alone does not mean finished."""
-        log = self.folder / "train_log.json"
-        if not (self.final_checkpoint.exists() and log.exists()):
-            return False
-        entries = json.loads(log.read_text())
+        entries = self.train_log() if self.final_checkpoint.exists() else []
         return bool(entries) and entries[-1]["epoch"] >= min(epochs, entries[-1].get("last_epoch") or epochs)
+
+    def train_log(self) -> list[dict]:
+        """The entries of ``train_log.json`` (:class:`lgesynth.seg.engine_utils.TrainLog`); ``[]`` without one."""
+        log = self.folder / "train_log.json"
+        return json.loads(log.read_text()) if log.exists() else []
 
     def trained_epochs(self) -> int:
         """Epochs in ``train_log.json`` (0 without one)."""
-        log = self.folder / "train_log.json"
-        entries = json.loads(log.read_text()) if log.exists() else []
+        entries = self.train_log()
         return int(entries[-1]["epoch"]) if entries else 0
 
     def evaluated(self, csv_path: Path | None = None) -> bool:
@@ -85,8 +86,7 @@ class Arm:
 
     def train_seconds(self) -> float:
         """Seconds of training iterations over all (resumed) sessions, from ``train_log.json``."""
-        log = self.folder / "train_log.json"
-        return float(sum(e.get("seconds") or 0.0 for e in json.loads(log.read_text()))) if log.exists() else 0.0
+        return float(sum(e.get("seconds") or 0.0 for e in self.train_log()))
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, dict[str, float]]:

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 
-import torch
+import ignite.distributed as idist
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class EpochTimeBudget:
 
     def epoch_completed(self, engine) -> None:
         now = time.perf_counter()
-        self.spent_seconds += _agreed_seconds(now - self._since)
+        self.spent_seconds += idist.all_reduce(now - self._since, op="MAX")  # torchrun: every rank plans the slowest's
         self._since = now
         state = engine.state
         done = int(state.epoch)
@@ -82,14 +82,3 @@ class EpochTimeBudget:
         state.max_epochs = last
         if self.lr_scheduler is not None:
             self.lr_scheduler.total_iters = last * state.epoch_length
-
-
-def _agreed_seconds(seconds: float) -> float:
-    """Under torch.distributed, the slowest rank's seconds on every rank (so all ranks plan the same last epoch)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = torch.tensor([seconds], dtype=torch.float64)
-        if torch.distributed.get_backend() == "nccl":
-            value = value.cuda()
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return float(value.item())
-    return seconds
