@@ -26,6 +26,8 @@ from lgesynth.pack import pack_bundle
 from lgesynth.seg.cascade import (CascadeGridd, CascadeInferer, downsample_image, downsample_label, label_box,
                                   plan_cascade_inferer, roi_box)
 from lgesynth.seg.cascade_plan import ROI_MARGIN_MM, localizer_plan, roi_plan
+from lgesynth.seg.cavity import has_cavity_class
+from lgesynth.seg.cost_calibration import refine_plan
 from lgesynth.seg.data import slice_last_plan
 from lgesynth.seg.engine_utils import plan_inferer
 from lgesynth.seg.plan import write_plan
@@ -87,6 +89,9 @@ def test_localizer_plan_coarsens_in_plane_only_and_roi_plan_covers_the_median_he
     assert roi["cascade"]["widths"] == [16, 8] and roi["budget"]["candidates"][0]["base_filters"] == 16
     assert all(c["base_filters"] <= 16 for c in roi["budget"]["candidates"])
     assert loc["budget"]["candidates"][0]["base_filters"] == 32
+    # the ROI network learns the LV cavity as a fourth class (seg/cavity.py), also after a calibration re-plan
+    assert has_cavity_class(roi) and roi["network"]["out_channels"] == 4 and loc["network"]["out_channels"] == 3
+    assert has_cavity_class(refine_plan(roi, measured_seconds=2 * roi["budget"]["seconds_per_iteration"]))
 
 
 def test_planned_roi_contains_the_label_with_the_planned_margin():
@@ -148,8 +153,14 @@ class _NoHeart(torch.nn.Module):
 
 
 class _Constant(torch.nn.Module):
+    """Myocardium everywhere, with ``classes`` outputs (4: a plan trained with the LV cavity class)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.classes = classes
+
     def forward(self, x):
-        return torch.cat([torch.zeros_like(x), torch.ones_like(x), torch.zeros_like(x)], dim=1)
+        return torch.cat([torch.zeros_like(x), torch.ones_like(x)] + [torch.zeros_like(x)] * (self.classes - 2), dim=1)
 
 
 def test_no_heart_found_falls_back_to_the_whole_field_of_view_and_warns(caplog):
@@ -171,7 +182,9 @@ def test_outside_the_roi_is_certain_background(cascade):
     plan = slice_last_plan(json.loads((models / "plan.json").read_text()))
     inferer = plan_cascade_inferer(plan, models)
     x = _network_input(cascade["test"][0]["image"])
-    out = inferer(x, _Constant())
+    assert plan["network"]["out_channels"] == 4  # the ROI network learns the LV cavity too (seg/cavity.py) ...
+    out = inferer(x, _Constant(4))
+    assert out.shape[1] == 3  # ... and predicts the data contract's three classes
     sx, sy = roi_box(*inferer.heart_box(x), [8, 8], plan["patch_size"][:2], FOV[:2])
     fg = out.argmax(1)[0] > 0
     assert bool(fg[sx, sy].all()) and int(fg.sum()) == fg[sx, sy].numel()
@@ -202,8 +215,9 @@ def test_cascade_inference_writes_labels_on_each_inputs_grid(cascade, tmp_path):
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2}
     truth = np.asarray(nib.load(cascade["test"][0]["label"]).dataobj) > 0
     pred = np.asarray(nib.load(out / "plain_seg.nii.gz").dataobj) > 0
-    # briefly trained, the ROI network over-segments, but where the localizer put it: around the moved heart
-    assert (truth & pred).sum() >= 0.9 * truth.sum()
+    # briefly trained (120 iterations), the ROI network finds most of the ring (the cavity it learns as its own
+    # class keeps it from over-segmenting), where the localizer put it: around the moved heart
+    assert (truth & pred).sum() >= 0.7 * truth.sum()
     centre = [np.argwhere(m).mean(0)[:2] for m in (truth, pred)]
     assert np.abs(centre[0] - centre[1]).max() < 6, centre
 

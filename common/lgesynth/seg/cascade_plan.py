@@ -15,7 +15,9 @@ The myocardium covers about 1 % of an LGE slice (EMIDEC: 256 x 256 mm fields of 
   the patch from the median shape, from the median box of the training labels (the fingerprint's
   ``myocardium_extent_mm``) plus the margins; larger hearts are covered by the sliding window. Its width
   ladder is ``ROI_WIDTHS`` (16, then 8): on EMIDEC's ROI at 4 and 8 minutes, width 16 with twice the
-  iterations beat width 32 (test Dice myocardium 0.788 against 0.771 at 8 minutes).
+  iterations beat width 32 (test Dice myocardium 0.788 against 0.771 at 8 minutes). It is trained with the
+  LV cavity as a fourth class (``cavity_class``, :mod:`lgesynth.seg.cavity`), which its inferer folds into
+  background.
 
 ``plan["cascade"]`` records the stage and its geometry, ``plan["why"]`` starts with the reasons.
 """
@@ -27,6 +29,7 @@ import math
 import numpy as np
 
 from lgesynth.data.validate import slice_axis
+from lgesynth.seg.cavity import add_cavity_class
 from lgesynth.seg.plan import PRESETS, cohort_source, make_plan
 from lgesynth.seg.target_spacing import target_spacing
 
@@ -34,6 +37,7 @@ STAGES = ("full", "localizer", "roi")
 LOCALIZER_EDGE = 64  # voxels per in-plane axis of the localizer's median field of view, at most
 ROI_MARGIN_MM = 12.0  # context around the myocardium's box, each side: the localizer's error and the scar's neighbourhood
 ROI_WIDTHS = (16, 8)  # the ROI network's width ladder: no width 32 (module doc)
+CAVITY_CLASS = True  # the ROI network learns the LV cavity as a fourth class (lgesynth/seg/cavity.py)
 
 
 def _cohort(fp: dict) -> tuple[np.ndarray, np.ndarray, dict, int, np.ndarray]:
@@ -68,8 +72,9 @@ def localizer_plan(fp: dict, preset: str = "cpu", budget_minutes: float | None =
 
 
 def roi_plan(fp: dict, preset: str = "cpu", budget_minutes: float | None = None,
-             margin_mm: float = ROI_MARGIN_MM) -> dict:
-    """The stage-2 plan: the fine network over the myocardium's box plus margins (module doc).
+             margin_mm: float = ROI_MARGIN_MM, cavity_class: bool = CAVITY_CLASS) -> dict:
+    """The stage-2 plan: the fine network over the myocardium's box plus margins (module doc); with
+    ``cavity_class``, trained with the LV cavity as a fourth class (:mod:`lgesynth.seg.cavity`).
 
     Raises:
         ValueError: when the fingerprint has no myocardium extents (a cohort without myocardium labels).
@@ -93,8 +98,9 @@ def roi_plan(fp: dict, preset: str = "cpu", budget_minutes: float | None = None,
                        f"widths {'/'.join(map(str, ROI_WIDTHS))}: on the ROI the budget's iterations pay more than width (EMIDEC, "
                        "cpu budgets: width 16 with twice the iterations beat width 32 at 4 and at 8 minutes; docs/experiments.md)"],
                "widths": list(ROI_WIDTHS)}
-    return make_plan((spacing, roi_shape), preset=preset, budget_minutes=budget_minutes, target_spacing_mm=target.tolist(),
+    plan = make_plan((spacing, roi_shape), preset=preset, budget_minutes=budget_minutes, target_spacing_mm=target.tolist(),
                      cascade=cascade)
+    return add_cavity_class(plan) if cavity_class else plan
 
 
 def stage_plan(fp: dict, stage: str, preset: str = "cpu", budget_minutes: float | None = None) -> dict:

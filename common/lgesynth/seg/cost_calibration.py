@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 
-from lgesynth.seg.network import IN_CHANNELS, N_CLASSES, build_dynunet
+from lgesynth.seg.cavity import add_cavity_class, has_cavity_class, training_classes
+from lgesynth.seg.network import IN_CHANNELS, build_dynunet
 from lgesynth.seg.plan import make_plan
 from lgesynth.seg.precision import AutocastInferer
 
@@ -40,7 +41,7 @@ def measure_step_seconds(plan: dict, steps: int = 3, seed: int = 0) -> float:
     optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     shape = (plan["batch_size"], IN_CHANNELS, *plan["patch_size"])
     image = torch.randn(shape)
-    target = torch.randint(0, N_CLASSES, (shape[0], *shape[2:]))
+    target = torch.randint(0, training_classes(plan), (shape[0], *shape[2:]))
     weights = plan["deep_supervision_weights"]
 
     def step():
@@ -76,6 +77,8 @@ def refine_plan(plan: dict, measured_seconds: float | None = None) -> dict:
     new = make_plan((inputs["median_spacing_mm"], inputs["median_shape"]), preset=inputs["preset"],
                     budget_minutes=inputs["budget_minutes"], dims=inputs["dims"], res_block=inputs["res_block"],
                     seconds_scale=scale, target_spacing_mm=plan["target_spacing_mm"], cascade=plan.get("cascade"))
+    if has_cavity_class(plan):
+        new = add_cavity_class(new)
     new["why"].append(f"cost model rescaled x{scale:.2f}: a measured iteration took {measured_seconds:.3f} s where "
                       f"{plan['budget']['seconds_per_iteration']:.3f} s was predicted")
     return new

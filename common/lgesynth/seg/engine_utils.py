@@ -9,7 +9,8 @@
   contract), myocardium = label in {1, 2} and scar = label 2, rather than on the classes 1 and 2.
 - :func:`plan_inferer`: sliding-window inference with the plan's patch: MONAI's
   ``SlidingWindowInferer`` for 3D plans, ``SliceInferer`` (the same windows, slice by slice along the
-  last axis) for 2D plans; with ``mirror_axes``, wrapped in :class:`MirroredInferer`.
+  last axis) for 2D plans; with ``mirror_axes``, wrapped in :class:`MirroredInferer`; a plan with the
+  cavity class folds its fourth output into background (:mod:`lgesynth.seg.cavity`).
 - :class:`MirroredInferer`: nnU-Net's test-time mirroring, the mean of the logits over every
   combination of flips along the axes that training mirrored.
 - :class:`LogitMeanEnsemble` and :func:`ensemble_network`: nnU-Net's ensemble of several trainings
@@ -43,6 +44,7 @@ from monai.transforms import MapTransform
 from lgesynth.data.labels import MYOCARDIUM, SCAR
 from lgesynth.errors import DataError
 from lgesynth.io import atomic_path, write_json
+from lgesynth.seg.cavity import CavityFoldingInferer, has_cavity_class
 from lgesynth.seg.data import slice_last_plan
 from lgesynth.seg.network import build_dynunet
 from lgesynth.seg.plan import load_plan, write_plan
@@ -190,7 +192,8 @@ def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_ba
 
     ``mirror_axes``: spatial axes (slice-last frame; ``(0, 1)`` = in plane, the flips train.yaml
     augments with) to average mirrored predictions over (:class:`MirroredInferer`, 2^n passes);
-    empty for none.
+    empty for none. A plan trained with the LV cavity class (:mod:`lgesynth.seg.cavity`) gets its logits
+    folded back to the three classes.
     """
     from monai.inferers import SliceInferer, SlidingWindowInferer
 
@@ -199,7 +202,8 @@ def plan_inferer(plan: dict, overlap: float = 0.5, mode: str = "gaussian", sw_ba
         base = SliceInferer(spatial_dim=2, roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
     else:
         base = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
-    return MirroredInferer(base, mirror_axes) if mirror_axes else base
+    inferer = MirroredInferer(base, mirror_axes) if mirror_axes else base
+    return CavityFoldingInferer(inferer) if has_cavity_class(plan) else inferer
 
 
 class LogitMeanEnsemble(torch.nn.Module):

@@ -17,7 +17,7 @@ def network_spec(topo: dict, dims: int, base_filters: int, res_block: bool) -> d
     n_stages = len(topo["strides"])
     cap = MAX_FILTERS[dims] * base_filters // BASE_FILTERS
     return {
-        "spatial_dims": dims, "in_channels": IN_CHANNELS, "out_channels": N_CLASSES,
+        "spatial_dims": dims, "in_channels": IN_CHANNELS, "out_channels": N_CLASSES,  # + the cavity: seg/cavity.py
         "kernel_size": topo["kernel_size"], "strides": topo["strides"], "upsample_kernel_size": topo["strides"][1:],
         "filters": [min(base_filters * 2 ** i, cap) for i in range(n_stages)],
         "norm_name": ["INSTANCE", {"affine": True}], "act_name": ["leakyrelu", {"inplace": True, "negative_slope": 0.01}],

@@ -1,0 +1,109 @@
+"""Sampling-time changes to a trained generator, scored by the quality report: do they make the samples
+plausible, and what do they cost in features and copies?
+
+    python benchmarks/edm_sampling.py --run runs/cpu_phantom --out /tmp/offspan0 --offspan 0
+    python benchmarks/edm_sampling.py --run runs/cpu_phantom --out /tmp/slab3 --slab 3
+
+``--run`` is a pipeline output (``edm_synth/models``, ``inr2vec/latents.json``, ``data/datalist.json`` as
+the report's real training cohort unless ``--reference``). The cohort is what ``inference.yaml`` writes
+with its defaults (200 samples, seed 0), with at most one change:
+
+- ``--offspan L``: each sampled vector (latent + log voxel size) keeps its part inside the span of the
+  centred training vectors and ``L`` times the rest (1: unchanged, 0: projected onto the span). The
+  decoder has only seen latents inside that span.
+- ``--slab K``: each slice is decoded as the mean of the decoder's outputs at ``K`` planes spread evenly
+  through the slice's thickness (a slice profile) before the masks are thresholded; 1: the slice's centre.
+
+Prints the report's plausible fraction, its reasons, the copies and each feature's mean shift (source
+SDs) / SD ratio; the full report is ``OUT/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import lgesynth.synth.generate as generate
+from lgesynth.inr.loss import decode
+from lgesynth.inr2vec.latents import load_latents
+from lgesynth.synth.features import FEATURES
+
+
+def training_vectors(latents_json: Path, scale_dims: int) -> torch.Tensor:
+    """(n, 512 [+ 3]) float64: the training latents, with log canonical voxel size when the generator models it."""
+    lat = load_latents(latents_json)
+    rows = lat.rows("training")
+    w = lat.latents[rows].double()
+    if scale_dims:
+        spacing = torch.tensor([lat.subjects[i]["canonical_spacing_mm"] for i in rows], dtype=torch.float64)
+        w = torch.cat([w, spacing.log()], dim=1)
+    return w
+
+
+def offspan_scaler(train: torch.Tensor, scale: float):
+    """``x (b, d) -> x`` with its part outside the span of the centred ``train`` rows times ``scale``."""
+    mean = train.mean(0)
+    _, s, vh = torch.linalg.svd(train - mean, full_matrices=False)
+    basis = vh[: int((s > 1e-6 * s[0]).sum())]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        d = x.double() - mean
+        inside = (d @ basis.T) @ basis
+        return (mean + inside + scale * (d - inside)).to(x.dtype)
+
+    return apply
+
+
+def slab_decoder(planes: int):
+    """A ``decode_samples`` whose slices are the mean of the decoder at ``planes`` depths through each slice."""
+
+    @torch.no_grad()
+    def decode_samples(decoder, w, grids, batch=8, chunk=32768):
+        for i, (shape, _, coords) in enumerate(grids):
+            z = coords[:, 2].reshape(shape)[0, 0]
+            step = float(z[1] - z[0]) if shape[2] > 1 else 0.0
+            pred = sum(decoder.decode(coords + torch.tensor([0.0, 0.0, ((k + 0.5) / planes - 0.5) * step]),
+                                      w[i: i + 1], chunk).float() for k in range(planes)) / planes
+            myo, scar = decode(torch.sigmoid(pred[..., 1]), torch.sigmoid(pred[..., 2]))
+            label = (myo.to(torch.uint8) + scar.to(torch.uint8)).reshape(*shape).cpu().numpy()
+            yield i, pred[..., 0].reshape(*shape).cpu().numpy(), label
+
+    return decode_samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a pipeline output folder")
+    ap.add_argument("--out", required=True, help="where the synthetic cohort and its report.json go")
+    ap.add_argument("--reference", help="real training datalist for the report (default RUN/data/datalist.json)")
+    ap.add_argument("--offspan", type=float, default=1.0)
+    ap.add_argument("--slab", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    if args.slab > 1:
+        generate.decode_samples = slab_decoder(args.slab)  # what CohortSynthesizer decodes with
+    synth = generate.CohortSynthesizer(run / "edm_synth" / "models", args.out, num_samples=args.samples,
+                                       reference_datalist=args.reference or str(run / "data" / "datalist.json"),
+                                       progress=False)
+    if args.offspan != 1.0:
+        scaler = offspan_scaler(training_vectors(run / "inr2vec" / "latents.json", synth.gen.scale_dims), args.offspan)
+        denoise = synth.gen.denoise
+        synth.gen.denoise = lambda *a, **k: scaler(denoise(*a, **k))
+    synth.run_all()
+    report = json.loads((Path(args.out) / "report.json").read_text())
+    features = report["features"]
+    print(json.dumps({"plausible_fraction": report["plausible_fraction"], "reasons": report["implausible_reasons"],
+                      "copies (both / image / latent)": [report[k] for k in ("copies_flagged", "copies_flagged_image",
+                                                                             "copies_flagged_latent")],
+                      "shift_sd / sd_ratio": {k: [round(features[k]["mean_shift_sd"], 2), round(features[k]["sd_ratio"], 2)]
+                                              for k in FEATURES}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
