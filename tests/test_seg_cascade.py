@@ -228,6 +228,9 @@ def test_packed_cascade_runs_from_the_downloaded_zip(cascade, tmp_path):
     archive = pack_bundle(cascade["bundle"], tmp_path / "dist")
     names = zipfile.ZipFile(archive).namelist()
     assert {"scar_seg/models/localizer.pt", "scar_seg/models/localizer_plan.json"} <= set(names)
+    shipped = json.loads(zipfile.ZipFile(archive).read("scar_seg/configs/metadata.json"))
+    pred = shipped["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == 4 and "cavity" in pred["channel_def"]["3"]  # the ROI network's raw outputs
     downloaded = tmp_path / "downloaded"
     with serve_folder(archive.parent) as base:
         monai_bundle_cli("download", "--name", "scar_seg", "--url", f"{base}/{archive.name}", "--bundle_dir", downloaded,
