@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-import lgesynth.synth.generate as generate
-from lgesynth.inr.loss import decode
+from edm_span import span_basis  # the sibling benchmark's helper
 from lgesynth.inr2vec.latents import load_latents
 from lgesynth.synth.features import FEATURES
+from lgesynth.synth.generate import CohortSynthesizer
 
 
 def training_vectors(latents_json: Path, scale_dims: int) -> torch.Tensor:
@@ -45,9 +45,7 @@ def training_vectors(latents_json: Path, scale_dims: int) -> torch.Tensor:
 
 def offspan_scaler(train: torch.Tensor, scale: float):
     """``x (b, d) -> x`` with its part outside the span of the centred ``train`` rows times ``scale``."""
-    mean = train.mean(0)
-    _, s, vh = torch.linalg.svd(train - mean, full_matrices=False)
-    basis = vh[: int((s > 1e-6 * s[0]).sum())]
+    mean, basis = span_basis(train)
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         d = x.double() - mean
@@ -57,21 +55,20 @@ def offspan_scaler(train: torch.Tensor, scale: float):
     return apply
 
 
-def slab_decoder(planes: int):
-    """A ``decode_samples`` whose slices are the mean of the decoder at ``planes`` depths through each slice."""
+class SlabDecoder(torch.nn.Module):
+    """The inr2vec ``decoder`` whose ``decode`` at a grid's slice centres returns the mean of its outputs at ``planes``
+    depths spread evenly through each slice's thickness (the generator thresholds the masks after it)."""
 
-    @torch.no_grad()
-    def decode_samples(decoder, w, grids, batch=8, chunk=32768):
-        for i, (shape, _, coords) in enumerate(grids):
-            z = coords[:, 2].reshape(shape)[0, 0]
-            step = float(z[1] - z[0]) if shape[2] > 1 else 0.0
-            pred = sum(decoder.decode(coords + torch.tensor([0.0, 0.0, ((k + 0.5) / planes - 0.5) * step]),
-                                      w[i: i + 1], chunk).float() for k in range(planes)) / planes
-            myo, scar = decode(torch.sigmoid(pred[..., 1]), torch.sigmoid(pred[..., 2]))
-            label = (myo.to(torch.uint8) + scar.to(torch.uint8)).reshape(*shape).cpu().numpy()
-            yield i, pred[..., 0].reshape(*shape).cpu().numpy(), label
+    def __init__(self, decoder: torch.nn.Module, planes: int):
+        super().__init__()
+        self.decoder, self.planes = decoder, int(planes)
 
-    return decode_samples
+    def decode(self, coords: torch.Tensor, latent: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+        z = torch.unique(coords[:, 2])
+        step = float(z[1] - z[0]) if z.numel() > 1 else 0.0
+        offsets = [((k + 0.5) / self.planes - 0.5) * step for k in range(self.planes)]
+        return sum(self.decoder.decode(coords + torch.tensor([0.0, 0.0, o], dtype=coords.dtype, device=coords.device),
+                                       latent, chunk).float() for o in offsets) / self.planes
 
 
 def main() -> None:
@@ -86,11 +83,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    if args.slab > 1:
-        generate.decode_samples = slab_decoder(args.slab)  # what CohortSynthesizer decodes with
-    synth = generate.CohortSynthesizer(run / "edm_synth" / "models", args.out, num_samples=args.samples,
+    synth = CohortSynthesizer(run / "edm_synth" / "models", args.out, num_samples=args.samples,
                                        reference_datalist=args.reference or str(run / "data" / "datalist.json"),
                                        progress=False)
+    if args.slab > 1:
+        synth.gen.decoder = SlabDecoder(synth.gen.decoder, args.slab)
     if args.offspan != 1.0:
         scaler = offspan_scaler(training_vectors(run / "inr2vec" / "latents.json", synth.gen.scale_dims), args.offspan)
         denoise = synth.gen.denoise

@@ -27,12 +27,19 @@ from lgesynth.synth.features import plausibility_problems
 from lgesynth.synth.generator import Generator, decode_samples, sample_grid
 
 
+def span_basis(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean (d,), basis (k, d))`` float64 of ``train`` (n, d): the rows' mean and an orthonormal basis of the span
+    of the centred rows (singular values above 1e-6 of the largest)."""
+    train = train.double()
+    mean = train.mean(0)
+    _, s, vh = torch.linalg.svd(train - mean, full_matrices=False)
+    return mean, vh[: int((s > 1e-6 * s[0]).sum())]
+
+
 def span_split(train: torch.Tensor, samples: torch.Tensor) -> dict[str, float]:
     """Mean over rows of the squared deviation from the training mean: training, samples inside / outside the span."""
     train, samples = train.double(), samples.double()
-    mean = train.mean(0)
-    _, s, vh = torch.linalg.svd(train - mean, full_matrices=False)
-    basis = vh[: int((s > 1e-6 * s[0]).sum())]
+    mean, basis = span_basis(train)
     d = samples - mean
     inside = (d @ basis.T) @ basis
     return {"training": float(((train - mean) ** 2).sum(1).mean()), "samples_inside": float((inside ** 2).sum(1).mean()),

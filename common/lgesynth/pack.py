@@ -104,6 +104,7 @@ def shipped_metadata(meta_path: Path, plan_path: Path) -> bytes:
     """``metadata.json`` with the ``spatial_shape`` of ``network_data_format`` ``inputs.image`` and
     ``outputs.pred`` set to the patch of the plan in ``plan_path`` (slice-last frame, as the network sees it),
     and ``outputs.pred`` given a fourth channel when the plan trains the LV cavity class."""
+    from lgesynth.seg.cavity import has_cavity_class, training_classes
     from lgesynth.seg.data import slice_last_plan
     from lgesynth.seg.plan import load_plan
 
@@ -117,9 +118,9 @@ def shipped_metadata(meta_path: Path, plan_path: Path) -> bytes:
                             "one image and predicts pred (add them, as in bundles/scar_seg)")
         fmt[side][key]["spatial_shape"] = patch
     fmt["inputs"]["image"]["layout"] = f"spatial_shape: the patch of models/{PLAN_JSON}, which built this network"
-    if plan.get("cavity_class"):  # the network's fourth output (lgesynth/seg/cavity.py)
+    if has_cavity_class(plan):  # the network's fourth output
         pred = fmt["outputs"]["pred"]
-        pred["num_channels"] = 4
+        pred["num_channels"] = training_classes(plan)
         pred["channel_def"] = {**pred.get("channel_def", {}), "3": "LV cavity (trained on; the bundle's inferer folds it "
                                "into background, so post-processed outputs keep 0/1/2)"}
     return (json.dumps(doc, indent=4, ensure_ascii=False) + "\n").encode()

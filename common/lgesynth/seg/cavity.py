@@ -44,7 +44,7 @@ def training_classes(plan: dict) -> int:
 def add_cavity_class(plan: dict) -> dict:
     """``plan`` (a new plan, not yet trained) with the cavity class: ``cavity_class``, a fourth output, the why."""
     plan["cavity_class"] = True
-    plan["network"]["out_channels"] = N_CLASSES + 1
+    plan["network"]["out_channels"] = training_classes(plan)
     plan["why"].append("classes background, myocardium, scar + the LV cavity in training (each slice's blood inside the "
                        "myocardial ring, from the label itself): scar and blood are both bright in LGE, so the "
                        "endocardial border is learnt as a class border; predictions fold the cavity into background "
