@@ -78,6 +78,11 @@ def test_training_lowers_the_loss_and_resumes(trained):
     assert ckpt["trainer"]["iteration"] == 3 * EPOCH_ITERATIONS
     assert not (out / "models" / "checkpoint_epoch=2.pt").exists()  # only the latest is kept
     assert {"model_final.pt", "model_best.pt"} <= {p.name for p in (out / "models").iterdir()}
+    # the best validation of the whole run, the epochs before the resume included, travels in the checkpoint
+    scores = [e["val_mean_dice"] for e in log]
+    best = torch.load(out / "models" / "model_best.pt", weights_only=True)
+    assert ckpt["best_metric"] == {"best_metric": pytest.approx(max(scores)), "best_metric_epoch": 1 + int(np.argmax(scores))}
+    assert (best["epoch"], best["best_metric"]) == (1 + int(np.argmax(scores)), pytest.approx(max(scores)))
 
 
 def test_a_time_budget_ends_training_early_and_the_checkpoint_keeps_it(trained, tmp_path):

@@ -54,7 +54,7 @@ CHECKPOINT_ORDER = ("model_final.pt", "model_best.pt")
 
 def find_checkpoint(model_dir: str | Path) -> Path:
     """``model_final.pt``, else ``model_best.pt`` (best val PSNR), else the newest ``checkpoint_epoch=N.pt``."""
-    from lgesynth.seg.engine_utils import latest_checkpoint
+    from lgesynth.engines.checkpoints import latest_checkpoint
 
     d = Path(model_dir)
     for name in CHECKPOINT_ORDER:

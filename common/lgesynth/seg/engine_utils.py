@@ -15,10 +15,8 @@
   combination of flips along the axes that training mirrored.
 - :class:`LogitMeanEnsemble` and :func:`ensemble_network`: nnU-Net's ensemble of several trainings
   (folds, seeds) of one plan, the mean of the members' logits.
-- :func:`latest_checkpoint`, :class:`ResumeCheckpointLoader`, :class:`TrainerCheckpointSaver`: resume a
-  killed run from the newest ``checkpoint_epoch=N.pt``. The trainer's own state (epoch, iteration)
-  must be in the checkpoint, but a config cannot reference ``train#trainer`` from its own handler
-  list (a cycle), so these two add the engine they are attached to as ``"trainer"``.
+- ``ResumeCheckpointLoader``, ``TrainerCheckpointSaver``: moved to :mod:`lgesynth.engines.checkpoints` (every
+  bundle resumes with them); imported here too, for the train.yaml of bundles packed before the move.
 - :class:`TrainLog`: per epoch, loss, learning rate, wall time and seconds per iteration (validation
   excluded) and the validator's metrics, to ``train_log.json``, rewritten atomically each epoch.
 - :class:`ModelExporter`: at the end of training, the network as MONAI's model zoo ships it,
@@ -30,18 +28,17 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
-import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
 from lgesynth.data.labels import MYOCARDIUM, SCAR
+from lgesynth.engines import checkpoints
 from lgesynth.errors import DataError
 from lgesynth.io import atomic_path, write_json
 from lgesynth.seg.cavity import CavityFoldingInferer, has_cavity_class
@@ -50,7 +47,6 @@ from lgesynth.seg.network import build_dynunet
 from lgesynth.seg.plan import load_plan, write_plan
 
 STRUCTURES = ("myo", "scar")
-CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
 class DeepSupervisionHeads(torch.nn.Module):
@@ -267,50 +263,8 @@ def ensemble_network(network: torch.nn.Module, plan: dict, train_dirs=(), device
     return network if len(members) == 1 else LogitMeanEnsemble(members)
 
 
-def latest_checkpoint(folder: str | Path) -> str:
-    """Path of the newest ``checkpoint_epoch=N.pt`` in ``folder``; ``""`` when there is none."""
-    folder = Path(folder)
-    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return str(max(found)[1]) if found else ""
-
-
-class TrainerCheckpointSaver(CheckpointSaver):
-    """MONAI ``CheckpointSaver`` that also saves the engine it is attached to, as ``"trainer"``, and
-    after each interval checkpoint deletes older ``checkpoint_epoch=N.pt`` (ignite's ``n_saved`` only
-    knows the files of its own process, not those of the run it resumed)."""
-
-    def attach(self, engine) -> None:
-        self.save_dict["trainer"] = engine  # the Checkpoint objects hold this same dict
-        super().attach(engine)
-
-    def interval_completed(self, engine) -> None:
-        super().interval_completed(engine)
-        newest = latest_checkpoint(self.save_dir)
-        for path in Path(self.save_dir).glob("checkpoint_epoch=*.pt"):
-            if str(path) != newest and CHECKPOINT_PATTERN.search(path.name):
-                path.unlink(missing_ok=True)
-
-
-class ResumeCheckpointLoader(CheckpointLoader):
-    """MONAI ``CheckpointLoader`` that, when the engine starts, loads the newest
-    ``checkpoint_epoch=N.pt`` in ``folder`` into ``load_dict`` plus the engine (``"trainer"``), so the
-    run continues at that epoch and iteration; without one it starts from scratch."""
-
-    def __init__(self, folder: str | Path, load_dict: dict, map_location=None, name: str | None = None):
-        super().__init__(load_path=str(folder), load_dict=dict(load_dict), name=name, map_location=map_location)
-        self.folder = Path(folder)
-
-    def attach(self, engine) -> None:
-        self.load_dict["trainer"] = engine
-        super().attach(engine)
-
-    def __call__(self, engine) -> None:
-        self.load_path = latest_checkpoint(self.folder)
-        if not self.load_path:
-            self.logger.info(f"no checkpoint_epoch=N.pt in {self.folder}: starting at epoch 0 (from the network as built: initialised, or `pretrained`)")
-            return
-        super().__call__(engine)
-        self.logger.info(f"resumed at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+# the train.yaml of bundles packed before the move name them here
+ResumeCheckpointLoader, TrainerCheckpointSaver = checkpoints.ResumeCheckpointLoader, checkpoints.TrainerCheckpointSaver
 
 
 def every(n: int):
