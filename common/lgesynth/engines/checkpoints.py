@@ -114,7 +114,8 @@ class ResumeCheckpointLoader(CheckpointLoader):
         if not self.load_path:
             self.logger.info(f"no checkpoint_epoch=N.pt in {self.folder}: starting at epoch 0 (from the network as built: initialised, or `pretrained`)")
             return
-        saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
+        # which entries it holds; memory-mapped, so the tensors are not read twice (MONAI loads them next)
+        saved = torch.load(self.load_path, map_location="cpu", weights_only=True, mmap=True)
         wanted, self.load_dict = self.load_dict, {k: v for k, v in self.load_dict.items() if k in saved}
         for key in wanted.keys() - self.load_dict.keys():
             self.logger.warning(f"{self.load_path} has no {key!r} (an earlier version wrote it): {key} starts afresh")
