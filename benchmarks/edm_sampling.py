@@ -3,16 +3,19 @@ plausible, and what do they cost in features and copies?
 
     python benchmarks/edm_sampling.py --run runs/cpu_phantom --out /tmp/offspan0 --offspan 0
     python benchmarks/edm_sampling.py --run runs/cpu_phantom --out /tmp/slab3 --slab 3
+    python benchmarks/edm_sampling.py --run runs/cpu_phantom --out /tmp/between --between-planes --seed 1
 
 ``--run`` is a pipeline output (``edm_synth/models``, ``inr2vec/latents.json``, ``data/datalist.json`` as
 the report's real training cohort unless ``--reference``). The cohort is what ``inference.yaml`` writes
 with its defaults (200 samples, seed 0), with at most one change:
 
+- ``--between-planes``: each slice is decoded at its own depth instead of the nearest canonical plane.
 - ``--offspan L``: each sampled vector (latent + log voxel size) keeps its part inside the span of the
   centred training vectors and ``L`` times the rest (1: unchanged, 0: projected onto the span). The
   decoder has only seen latents inside that span.
 - ``--slab K``: each slice is decoded as the mean of the decoder's outputs at ``K`` planes spread evenly
   through the slice's thickness (a slice profile) before the masks are thresholded; 1: the slice's centre.
+  A slab is centred on the slice's own depth (``--between-planes`` implied).
 
 Prints the report's plausible fraction, its reasons, the copies and each feature's mean shift (source
 SDs) / SD ratio; the full report is ``OUT/report.json``.
@@ -78,14 +81,20 @@ def main() -> None:
     ap.add_argument("--reference", help="real training datalist for the report (default RUN/data/datalist.json)")
     ap.add_argument("--offspan", type=float, default=1.0)
     ap.add_argument("--slab", type=int, default=1)
+    ap.add_argument("--between-planes", action="store_true",
+                    help="decode each slice at its own depth, not at the nearest canonical plane")
+    ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (inference.yaml's default)")
+    ap.add_argument("--models", help="a generator's models folder (default RUN/edm_synth/models)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (inference.yaml's default 0)")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    synth = CohortSynthesizer(run / "edm_synth" / "models", args.out, num_samples=args.samples,
-                                       reference_datalist=args.reference or str(run / "data" / "datalist.json"),
-                                       progress=False)
+    synth = CohortSynthesizer(args.models or run / "edm_synth" / "models", args.out, num_samples=args.samples,
+                              seed=args.seed, guidance=args.guidance,
+                              snap_slices=not (args.between_planes or args.slab > 1),
+                              reference_datalist=args.reference or str(run / "data" / "datalist.json"), progress=False)
     if args.slab > 1:
         synth.gen.decoder = SlabDecoder(synth.gen.decoder, args.slab)
     if args.offspan != 1.0:

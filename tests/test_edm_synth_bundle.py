@@ -390,6 +390,18 @@ def test_samples_default_to_the_source_slice_spacing(scaled, tmp_path):
         assert np.isclose(s[2] * img.shape[2], extent[2], rtol=1e-3) and abs(s[2] - SOURCE_SLICE_MM) < SOURCE_SLICE_MM / 2
     box = np.prod(GRID) * np.prod([e["canonical_spacing_mm"] for e in entries], axis=1) / 1000.0
     assert report["features"]["myocardial_volume_ml"]["sample_mean"] == pytest.approx(box.mean(), rel=1e-3)
+    # each slice is the same sample's canonical plane nearest its depth; unsnapped slices are decoded between planes
+    canonical, _ = _synthesize(scaled["models"], tmp_path / "c", num_samples=8, slices="canonical")
+    between, _ = _synthesize(scaled["models"], tmp_path / "b", num_samples=8, snap_slices=False)
+    differs = []
+    by_id = lambda cohort: sorted(cohort, key=lambda e: e["id"])  # noqa: E731  (training + rejected -> sample order)
+    for e, c, b in zip(by_id(entries), by_id(canonical), by_id(between)):
+        img = np.asarray(nib.load(str(tmp_path / "s" / e["image"])).dataobj)
+        planes = np.asarray(nib.load(str(tmp_path / "c" / c["image"])).dataobj)
+        nearest = np.floor((np.arange(img.shape[2]) + 0.5) * GRID[2] / img.shape[2]).astype(int)
+        np.testing.assert_allclose(img, planes[..., nearest], atol=1e-4)
+        differs.append(np.abs(np.asarray(nib.load(str(tmp_path / "b" / b["image"])).dataobj) - img).max() > 1e-2)
+    assert any(differs)
 
 
 def test_spacing_mm_decodes_each_sample_box_at_that_spacing(scaled, tmp_path):
@@ -421,6 +433,18 @@ def test_sample_grid_keeps_the_box_and_the_coordinate_frame():
         assert float(z[0]) == pytest.approx(-0.5 * (1 - 1 / shape[2])) and float(z[-1]) == pytest.approx(0.5 * (1 - 1 / shape[2]))
     with pytest.raises(ValueError, match="slice_spacing_mm"):
         sample_grid(record, size, slice_spacing_mm=0.0)
+    # snapped: every slice at the canonical plane nearest its own depth; x, y and the affine unchanged
+    planes = 0.5 * ((2 * np.arange(6) + 1) / 6 - 1)
+    for kwargs in ({"slice_spacing_mm": 10.0}, {"slice_spacing_mm": 3.0}, {"spacing_mm": 1.0}, {}):
+        shape, affine, exact = sample_grid(record, size, **kwargs)
+        shape_s, affine_s, snapped = sample_grid(record, size, snap_slices=True, **kwargs)
+        assert shape_s == shape and np.allclose(affine_s, affine) and torch.equal(snapped[:, :2], exact[:, :2])
+        z, zs = exact[:, 2].numpy(), snapped[:, 2].numpy()
+        nearest = planes[np.abs(z[:, None] - planes[None]).argmin(1)]
+        assert np.allclose(zs, nearest, atol=1e-6)
+    _, _, snapped = sample_grid(record, size, slice_spacing_mm=12.0, snap_slices=True)  # 3 slices over 6 planes: ties
+    assert np.allclose(np.unique(snapped[:, 2].numpy()), planes[[1, 3, 5]], atol=1e-6)  # the deeper plane of each tie
+    assert torch.allclose(sample_grid(record, size, snap_slices=True)[2], sample_grid(record, size)[2], atol=1e-6)  # canonical: as is
     from lgesynth.synth.generate import slice_spacing_of
 
     assert slice_spacing_of({"source_slice_spacing_mm": 8.0}, "source") == 8.0 and slice_spacing_of({}, "source") is None

@@ -61,6 +61,22 @@ def canonical_coords(shape: Sequence[int], z_extent: float) -> torch.Tensor:
     return grid.reshape(-1, 3).float()
 
 
+def nearest_planes(coords: torch.Tensor, shape: Sequence[int], planes: int, z_extent: float) -> torch.Tensor:
+    """``coords (X*Y*Z, 3)`` of a grid of ``shape`` with each slice moved to the nearest of the canonical grid's ``planes``.
+
+    The canonical grid resamples a stack's slices to ``planes`` planes (nearest neighbour), and the
+    decoder learns a subject at those depths only; snapping another grid's slices to them is the inverse
+    nearest resampling. Slice k's centre is at ``u = (k + 1/2) planes / Z`` plane units and takes plane
+    ``floor(u)`` (a tie, as when Z divides ``planes``, goes to the deeper plane); x and y are unchanged.
+    """
+    n, planes = int(shape[2]), int(planes)
+    index = np.minimum(np.floor((np.arange(n) + 0.5) * planes / n), planes - 1)
+    z = torch.from_numpy(((2 * index + 1) / planes - 1) * float(z_extent)).to(coords.dtype)
+    out = coords.clone().view(*(int(s) for s in shape), 3)
+    out[..., 2] = z
+    return out.view(-1, 3)
+
+
 def coords_for_spacing(meta: Mapping, spacing_mm: float | Sequence[float],
                        ) -> tuple[torch.Tensor, tuple[int, int, int], np.ndarray]:
     """Coordinates of a grid over the canonical box at about ``spacing_mm`` (e.g. 1 mm isotropic).

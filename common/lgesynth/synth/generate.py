@@ -13,6 +13,10 @@ Grids (``slices``): ``"source"`` (default) keeps the canonical in-plane grid and
 source cohort's median slice spacing (generator.json ``source_slice_spacing_mm``) over the sample's z
 extent, so a sample has as many slices as a real stack of its size; ``"canonical"`` writes the
 canonical grid; a number is a slice spacing in mm. ``spacing_mm`` (a number or three) overrides both.
+With ``snap_slices`` (default) each slice is decoded at the nearest canonical plane: the canonical grid
+resampled every training stack to its planes by nearest neighbour, so the decoder learned the subjects
+at those depths alone, and between them it blends two neighbouring planes into rings with gaps
+(``docs/experiments.md``, "Does decoding each slice at a trained depth close the rings?").
 
 The names of ``synth.generator`` are importable from here too.
 """
@@ -77,6 +81,8 @@ class CohortSynthesizer(BundleEngine):
         scar_burden, pattern: condition request (see ``Generator.conditions``).
         slices: ``"source"``, ``"canonical"`` or a slice spacing in mm (see module doc).
         spacing_mm: decode each sample's box at this voxel size (a number or (3,), mm) instead.
+        snap_slices: decode each slice at the nearest canonical plane (the depths the decoder was trained
+            at) instead of at its own depth.
         batch_size: samples per iteration (sampled together, decoded ``decode_batch`` at a time).
         reject_implausible: also list samples failing the ring checks under ``rejected``.
         montage_samples: panels in ``montage.png``.
@@ -86,7 +92,7 @@ class CohortSynthesizer(BundleEngine):
 
     def __init__(self, models_dir: str, output_dir: str, num_samples: int = 200, seed: int = 0,
                  num_steps: int | None = None, guidance: float = 1.0, scar_burden=None, pattern=None,
-                 spacing_mm=None, slices="source", batch_size: int = 32, decode_batch: int = 8, chunk: int = 32768,
+                 spacing_mm=None, slices="source", snap_slices: bool = True, batch_size: int = 32, decode_batch: int = 8, chunk: int = 32768,
                  reject_implausible: bool = False, montage_samples: int = 16, reference_datalist: str | None = None,
                  device: str | torch.device = "cpu", val_handlers=(), progress: bool = True):
         super().__init__()
@@ -99,6 +105,7 @@ class CohortSynthesizer(BundleEngine):
         self.reference_datalist = reference_datalist
         self.spacing_mm = None if spacing_mm is None else np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
         self.slice_spacing_mm = None if spacing_mm is not None else slice_spacing_of(self.gen.record, slices)
+        self.snap_slices = flag(snap_slices, "snap_slices")
         sample_grid(self.gen.record, reference_spacing(self.gen.record), self.spacing_mm, self.slice_spacing_mm)  # checks
         self.cond, self.asked = self.gen.conditions(self.num_samples, scar_burden, pattern, self.seed)
         self.request = {"scar_burden": scar_burden, "pattern": pattern}
@@ -126,6 +133,7 @@ class CohortSynthesizer(BundleEngine):
                 "num_steps": self.num_steps, "guidance": self.guidance, "condition": self.gen.condition,
                 "request": {k: str(v) for k, v in self.request.items()}, "grid_shape": self.gen.record["grid"]["shape"],
                 "scale_dims": self.gen.scale_dims, "slice_spacing_mm": self.slice_spacing_mm,
+                "snap_slices": self.snap_slices,
                 "spacing_mm": None if self.spacing_mm is None else self.spacing_mm.tolist()}
 
     def _process(self, engine: Engine, start: int) -> dict:
@@ -133,7 +141,8 @@ class CohortSynthesizer(BundleEngine):
         cond = None if self.cond is None else self.cond[start: start + n]
         w, canonical = self.gen.split(self.gen.denoise(self.noise[start: start + n], self.num_steps, self.guidance, cond))
         self.latents.append(w)
-        grids = [sample_grid(self.gen.record, c, self.spacing_mm, self.slice_spacing_mm) for c in canonical]
+        grids = [sample_grid(self.gen.record, c, self.spacing_mm, self.slice_spacing_mm, self.snap_slices)
+                 for c in canonical]
         for r, image, label in decode_samples(self.gen.decoder, w, grids, self.decode_batch, self.chunk):
             i, affine = start + r, grids[r][1]
             sid, spacing = self.ids[i], spacing_from_affine(affine)
@@ -166,6 +175,7 @@ class CohortSynthesizer(BundleEngine):
                     for i, sid in enumerate(self.ids)]
         settings = {"generator": self.models_dir, "seed": self.seed, "num_steps": self.num_steps, "guidance": self.guidance,
                     "scale_dims": self.gen.scale_dims, "slice_spacing_mm": self.slice_spacing_mm,
+                    "snap_slices": self.snap_slices,
                     "spacing_mm": None if self.spacing_mm is None else self.spacing_mm.tolist()}
         save_latents(self.output_dir, Latents(w, subjects, self.gen.record.get("latents", {}).get("encoder_sha256"), settings))
         if self.panels:
@@ -176,7 +186,8 @@ class CohortSynthesizer(BundleEngine):
         report = write_report(self.output_dir, self.stats, reference, self.gen.standardizer.cpu(), {
             "rejected": len(self.rejected), "kept": len(self.kept), "num_steps": self.num_steps, "seed": self.seed,
             "guidance": self.guidance, "condition": self.gen.condition, "scale_dims": self.gen.scale_dims,
-            "slice_spacing_mm": self.slice_spacing_mm, "canonical_spacing_mm": self.spacing_summary(),
+            "slice_spacing_mm": self.slice_spacing_mm, "snap_slices": self.snap_slices,
+            "canonical_spacing_mm": self.spacing_summary(),
             "reference": reference_info}, source, source_missing)
         rel = [{**e, "image": f"imagesTr/{e['id']}.nii.gz", "label": f"labelsTr/{e['id']}.nii.gz"} for e in self.rejected]
         write_datalist(self.output_dir / "datalist.json", self.kept, [], rejected=rel,

@@ -102,15 +102,17 @@ def centred_affine(spacing_mm, shape) -> np.ndarray:
 
 
 def sample_grid(record: dict, canonical_spacing_mm, spacing_mm=None, slice_spacing_mm: float | None = None,
-                ) -> tuple[tuple[int, int, int], np.ndarray, torch.Tensor]:
+                snap_slices: bool = False) -> tuple[tuple[int, int, int], np.ndarray, torch.Tensor]:
     """``(shape, affine (4, 4), coords (X*Y*Z, 3))`` to decode one sample on.
 
     The sample's box is the canonical shape x ``canonical_spacing_mm`` (3,), centred at the origin.
     Default: the canonical grid. ``spacing_mm`` (a number or (3,)): round(extent / spacing) voxels per
     axis over the box. ``slice_spacing_mm``: the canonical in-plane grid with round(z extent / slice
     spacing) slices. The written spacing is extent / voxels (within half a voxel of the request).
+    ``snap_slices``: each slice's coordinates sit at the nearest canonical plane
+    (``canonical_coords.nearest_planes``), the depths the decoder was trained at, instead of its own.
     """
-    from lgesynth.data.canonical_coords import canonical_coords
+    from lgesynth.data.canonical_coords import canonical_coords, nearest_planes
 
     canonical = tuple(int(s) for s in record["grid"]["shape"])
     extent = np.asarray(canonical_spacing_mm, dtype=np.float64) * np.asarray(canonical)
@@ -126,7 +128,10 @@ def sample_grid(record: dict, canonical_spacing_mm, spacing_mm=None, slice_spaci
     else:
         shape = canonical
     spacing = extent / np.asarray(shape)
-    return shape, centred_affine(spacing, shape), canonical_coords(shape, record["z_extent"])
+    coords = canonical_coords(shape, record["z_extent"])
+    if snap_slices:
+        coords = nearest_planes(coords, shape, canonical[2], record["z_extent"])
+    return shape, centred_affine(spacing, shape), coords
 
 
 def reference_spacing(record: dict) -> np.ndarray:
