@@ -21,7 +21,9 @@ Every sample is written over its own physical box, ``canonical shape x its voxel
 at the origin (:func:`sample_grid`): on the canonical grid, at a requested ``spacing_mm``, or with
 the canonical in-plane grid and slices at a given slice spacing (e.g. the source cohort's). The
 decoder is implicit, so any grid over the box is a set of coordinates in the shared frame: x, y in
-(-1, 1), z in (-z_extent, z_extent), whatever the number of voxels.
+(-1, 1), z in (-z_extent, z_extent), whatever the number of voxels. It was trained at the canonical
+grid's planes only (each a nearest-neighbour copy of a source slice), so ``snap_slices`` decodes each
+slice at the nearest of them: between two planes it blends their rings into rings with gaps.
 
 :meth:`Generator.sample` draws latents (Algorithm 2, deterministic Heun by default; all initial noise
 is drawn up front from one seeded generator, so a sample does not depend on the batch size);
