@@ -44,37 +44,37 @@ def physical_aspect(meta: Mapping) -> float:
     return float(ext[2] / (0.5 * (ext[0] + ext[1])))
 
 
-def canonical_coords(shape: Sequence[int], z_extent: float) -> torch.Tensor:
+def canonical_coords(shape: Sequence[int], z_extent: float, planes: int | None = None) -> torch.Tensor:
     """Voxel-centre coordinates of a grid over the canonical box.
 
     Args:
         shape: (X, Y, Z) voxels.
         z_extent: ``physical_aspect(meta)``; z spans [-z_extent, z_extent].
+        planes: each slice at the nearest of this many slice centres (the canonical grid's Z) instead of its
+            own (:func:`nearest_planes`); None: at its own.
 
     Returns:
         coords: (X*Y*Z, 3) float32, x fastest-varying last (C order, reshape to (X, Y, Z, 3)).
         Centres are at -1 + (2i + 1)/n: x, y in (-1, 1), z in (-z_extent, z_extent).
     """
     axes = [(torch.arange(n, dtype=torch.float64) * 2 + 1) / n - 1 for n in shape]
+    if planes is not None:
+        axes[2] = nearest_planes(int(shape[2]), planes)
     axes[2] = axes[2] * float(z_extent)
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
     return grid.reshape(-1, 3).float()
 
 
-def nearest_planes(coords: torch.Tensor, shape: Sequence[int], planes: int, z_extent: float) -> torch.Tensor:
-    """``coords (X*Y*Z, 3)`` of a grid of ``shape`` with each slice moved to the nearest of the canonical grid's ``planes``.
+def nearest_planes(slices: int, planes: int) -> torch.Tensor:
+    """``(slices,)`` float64 centres in (-1, 1) of the nearest of ``planes`` evenly spaced slices to each of ``slices``.
 
     The canonical grid resamples a stack's slices to ``planes`` planes (nearest neighbour), and the
     decoder learns a subject at those depths only; snapping another grid's slices to them is the inverse
-    nearest resampling. Slice k's centre is at ``u = (k + 1/2) planes / Z`` plane units and takes plane
-    ``floor(u)`` (a tie, as when Z divides ``planes``, goes to the deeper plane); x and y are unchanged.
+    nearest resampling. Slice k's centre is at ``u = (k + 1/2) planes / slices`` plane units and takes plane
+    ``floor(u)`` (a tie, as when ``slices`` divides ``planes``, goes to the deeper plane).
     """
-    n, planes = int(shape[2]), int(planes)
-    index = np.minimum(np.floor((np.arange(n) + 0.5) * planes / n), planes - 1)
-    z = torch.from_numpy(((2 * index + 1) / planes - 1) * float(z_extent)).to(coords.dtype)
-    out = coords.clone().view(*(int(s) for s in shape), 3)
-    out[..., 2] = z
-    return out.view(-1, 3)
+    index = torch.clamp(torch.floor((torch.arange(slices, dtype=torch.float64) + 0.5) * planes / slices), max=planes - 1)
+    return (2 * index + 1) / planes - 1
 
 
 def coords_for_spacing(meta: Mapping, spacing_mm: float | Sequence[float],

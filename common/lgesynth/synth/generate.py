@@ -92,7 +92,8 @@ class CohortSynthesizer(BundleEngine):
 
     def __init__(self, models_dir: str, output_dir: str, num_samples: int = 200, seed: int = 0,
                  num_steps: int | None = None, guidance: float = 1.0, scar_burden=None, pattern=None,
-                 spacing_mm=None, slices="source", snap_slices: bool = True, batch_size: int = 32, decode_batch: int = 8, chunk: int = 32768,
+                 spacing_mm=None, slices="source", snap_slices: bool = True, batch_size: int = 32,
+                 decode_batch: int = 8, chunk: int = 32768,
                  reject_implausible: bool = False, montage_samples: int = 16, reference_datalist: str | None = None,
                  device: str | torch.device = "cpu", val_handlers=(), progress: bool = True):
         super().__init__()

@@ -114,7 +114,7 @@ def sample_grid(record: dict, canonical_spacing_mm, spacing_mm=None, slice_spaci
     ``snap_slices``: each slice's coordinates sit at the nearest canonical plane
     (``canonical_coords.nearest_planes``), the depths the decoder was trained at, instead of its own.
     """
-    from lgesynth.data.canonical_coords import canonical_coords, nearest_planes
+    from lgesynth.data.canonical_coords import canonical_coords
 
     canonical = tuple(int(s) for s in record["grid"]["shape"])
     extent = np.asarray(canonical_spacing_mm, dtype=np.float64) * np.asarray(canonical)
@@ -130,9 +130,7 @@ def sample_grid(record: dict, canonical_spacing_mm, spacing_mm=None, slice_spaci
     else:
         shape = canonical
     spacing = extent / np.asarray(shape)
-    coords = canonical_coords(shape, record["z_extent"])
-    if snap_slices:
-        coords = nearest_planes(coords, shape, canonical[2], record["z_extent"])
+    coords = canonical_coords(shape, record["z_extent"], canonical[2] if snap_slices else None)
     return shape, centred_affine(spacing, shape), coords
 
 
